@@ -1,0 +1,22 @@
+"""edgekit's custom ONNX operators (domain `edgekit`).
+
+Each op has a schema, a numpy reference kernel (what tests hold fast kernels to) and a
+standard-ONNX function body, so a package runs on any ONNX runtime; edgekit's runtime replaces
+the nodes with native kernels at load time (see edgekit.runtime.lowering).
+"""
+
+from edgekit.ops.base import DOMAIN, OPS, OPSET_IMPORTS, EdgekitOp, function_protos
+from edgekit.ops.gather_block_quant import GatherBlockQ4, GatherBlockQ8
+from edgekit.ops.matmul_block_quant import MatMulBlockQ4, MatMulBlockQ8
+
+__all__ = [
+    "DOMAIN",
+    "OPS",
+    "OPSET_IMPORTS",
+    "EdgekitOp",
+    "function_protos",
+    "GatherBlockQ4",
+    "GatherBlockQ8",
+    "MatMulBlockQ4",
+    "MatMulBlockQ8",
+]

