@@ -1,0 +1,139 @@
+"""The `edgekit` command: thin click commands over the library (export, run, validate, bench)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+from edgekit.errors import EdgekitError
+
+DEVICES = click.Choice(["cpu", "cuda", "qnn", "openvino", "auto"])
+
+
+def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Bad input ends in one line on stderr and exit status 2, never a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EdgekitError as exc:
+            click.echo(f"edgekit: error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="edgekit")
+def main() -> None:
+    """Export compressed language models to ONNX packages and run them on device."""
+
+
+@main.command()
+@click.argument("src")
+@click.option("-o", "--output", "out", required=True, help="Package folder to create (must not exist).")
+@_one_line_errors
+def export(src: str, out: str) -> None:
+    """Export SRC (a GGUF file, a Hugging Face folder, or `smollm2-135m`) to the package folder OUT."""
+    from edgekit.exporters.pipeline import describe, export as run_export
+
+    manifest = run_export(src, out)
+    click.echo(f"wrote {out}: {describe(manifest)}")
+
+
+def _load(pkg: str, device: str, fast: bool, max_length: int | None = None, threads: int = 0) -> Any:
+    from edgekit.runtime import load
+
+    return load(pkg, device=device, fast=fast, max_length=max_length, threads=threads)
+
+
+@main.command()
+@click.argument("pkg")
+@click.option("--prompt", required=True, help="Text to continue (or the user message with --chat).")
+@click.option("--chat", is_flag=True, help="Wrap the prompt in the package's chat template.")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=None)
+@click.option("--device", type=DEVICES, default="cpu", show_default=True)
+@click.option("--fast", is_flag=True, help="int8 activations: faster, not exact (opt-in).")
+@click.option("--max-length", type=click.IntRange(2), default=None, help="KV cache length (tokens).")
+@_one_line_errors
+def run(pkg: str, prompt: str, chat: bool, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+        seed: int | None, device: str, fast: bool, max_length: int | None) -> None:
+    """Generate from PKG, streaming text to the terminal."""
+    from edgekit.runtime import GenerationConfig
+    from edgekit.runtime.sampling import SamplingParams
+
+    model = _load(pkg, device, fast, max_length)
+    gen = GenerationConfig(max_new_tokens, SamplingParams(temperature, top_k, top_p), seed)
+    for piece in model.stream(prompt, chat=chat, gen=gen):
+        click.echo(piece, nl=False)
+        sys.stdout.flush()
+    click.echo()
+
+
+@main.command()
+@click.argument("pkg")
+@click.option("--reference", "reference_src", required=True, help="The source the package was exported from.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True,
+              help="Where the PyTorch reference runs (auto: CUDA when present).")
+@click.option("--tokens", type=click.IntRange(1), default=64, show_default=True, help="Greedy tokens compared.")
+@click.option("--text", "text_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Evaluation text for perplexity (default: Python's pydoc topics).")
+@click.option("--min-greedy", type=click.IntRange(0), default=None, help="Identical greedy tokens needed [all].")
+@click.option("--max-ppl-delta", type=float, default=0.001, show_default=True, help="Relative perplexity limit.")
+@click.option("--min-top1", type=float, default=0.99, show_default=True)
+@click.option("--max-kl", type=float, default=None)
+@click.option("--fast", is_flag=True, help="Validate the fast (int8 activation) mode.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_one_line_errors
+def validate(pkg: str, reference_src: str, device: str, tokens: int, text_file: str | None, min_greedy: int | None,
+             max_ppl_delta: float, min_top1: float, max_kl: float | None, fast: bool, as_json: bool) -> None:
+    """Compare PKG's runtime with the PyTorch reference; exit 1 when a threshold fails."""
+    from edgekit.exporters.reference import TorchReference
+    from edgekit.exporters.validate import Thresholds, validate as run_validate
+
+    model = _load(pkg, "cpu", fast)
+    reference = TorchReference(reference_src, device)
+    text = open(text_file, encoding="utf-8").read() if text_file else None
+    report = run_validate(model, reference, tokens, text, Thresholds(min_greedy, max_ppl_delta, min_top1, max_kl))
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
+    if report.failures:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("pkg")
+@click.option("--prompt-lengths", default="16,128,512", show_default=True, help="Comma-separated TTFT lengths.")
+@click.option("--new-tokens", type=click.IntRange(2), default=64, show_default=True)
+@click.option("--rounds", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--device", type=DEVICES, default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(0), default=0, help="0: onnxruntime's default.")
+@click.option("--fast", is_flag=True, help="int8 activations: faster, not exact (opt-in).")
+@click.option("--max-ttft-ms", type=float, default=None, help="Budget: fail if any TTFT is above.")
+@click.option("--min-tokens-per-s", type=float, default=None, help="Budget: fail if decode is slower.")
+@click.option("--max-rss-mb", type=float, default=None, help="Budget: fail if peak memory is above.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_one_line_errors
+def bench(pkg: str, prompt_lengths: str, new_tokens: int, rounds: int, device: str, threads: int, fast: bool,
+          max_ttft_ms: float | None, min_tokens_per_s: float | None, max_rss_mb: float | None, as_json: bool) -> None:
+    """Measure PKG's latency on this device; exit 1 when a budget is missed."""
+    from edgekit.runtime.bench import check_budgets, run_bench
+
+    try:
+        lengths = tuple(int(x) for x in prompt_lengths.split(","))
+    except ValueError:
+        raise EdgekitError(f"--prompt-lengths must be comma-separated integers, got {prompt_lengths!r}") from None
+    report = run_bench(pkg, lengths, new_tokens, rounds, device, fast, threads)
+    check_budgets(report, max_ttft_ms, min_tokens_per_s, max_rss_mb)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
+    if report.budget_failures:
+        sys.exit(1)

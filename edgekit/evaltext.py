@@ -1,0 +1,45 @@
+"""The default evaluation text and perplexity over fixed windows, shared by validate and the benchmarks.
+
+The text is Python's own `pydoc_data.topics`, so no data ships with edgekit and every machine
+scores the same characters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+DEFAULT_CHARS = 40_000
+DEFAULT_WINDOW = 512
+
+
+def default_text(chars: int = DEFAULT_CHARS) -> str:
+    from pydoc_data.topics import topics
+
+    return "\n".join(topics[k] for k in sorted(topics))[:chars]
+
+
+def windows(ids: list[int], window: int = DEFAULT_WINDOW) -> Iterator[list[int]]:
+    """Non-overlapping windows; a last window shorter than 2 tokens scores nothing and is dropped."""
+    for start in range(0, len(ids), window):
+        chunk = ids[start:start + window]
+        if len(chunk) >= 2:
+            yield chunk
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def token_nll(logits: np.ndarray, ids: list[int]) -> np.ndarray:
+    """NLL of ids[1:] given logits [len(ids), vocab] (each window scored from its second token)."""
+    logp = log_softmax(logits[:-1])
+    return -logp[np.arange(len(ids) - 1), np.asarray(ids[1:])]
+
+
+def perplexity(logits_fn: Callable[[list[int]], np.ndarray], ids: list[int], window: int = DEFAULT_WINDOW) -> float:
+    nll = np.concatenate([token_nll(logits_fn(w), w) for w in windows(ids, window)])
+    return float(np.exp(nll.mean()))
