@@ -36,6 +36,15 @@ class TorchReference:
         self.torch = torch
         self.model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs).to(device).eval()
 
+    @classmethod
+    def from_model(cls, model: object, device: str = "cpu") -> "TorchReference":
+        """Wrap a torch model already in memory (for models transformers cannot reload, e.g. pruned ones)."""
+        import torch
+
+        ref = cls.__new__(cls)
+        ref.device, ref.torch, ref.model = device, torch, model
+        return ref
+
     def logits(self, ids: list[int]) -> np.ndarray:
         with self.torch.no_grad():
             x = self.torch.tensor([ids], device=self.device)

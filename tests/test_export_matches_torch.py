@@ -1,0 +1,70 @@
+"""Exported packages compute what PyTorch computes: tiny models of each supported layout and source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.exporters.pipeline import export
+from edgekit.exporters.reference import TorchReference
+from edgekit.runtime import GenerationConfig, load
+from factories import tiny_gguf, tiny_hf_model, tiny_torch_model
+
+PROMPT = "The quick brown fox jumps over the lazy dog. 12345"
+
+
+def _compare(pkg: Path, reference: str | TorchReference, greedy_tokens: int = 24, atol: float = 2e-3) -> None:
+    model = load(pkg)
+    ref = reference if isinstance(reference, TorchReference) else TorchReference(reference, "cpu")
+    ids = model.encode(PROMPT)
+    expected, got = ref.logits(ids), model.logits(ids)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=atol, rtol=0)
+    gen = GenerationConfig(max_new_tokens=greedy_tokens, stop_token_ids=())
+    assert list(model.generate_ids(ids, gen)) == ref.greedy(ids, greedy_tokens)
+
+
+def test_gguf_q4_1_import_matches_transformers(tiny_gguf_pkg: Path, tiny_gguf_file: Path) -> None:
+    _compare(tiny_gguf_pkg, str(tiny_gguf_file))
+
+
+@pytest.mark.parametrize("linear_type,embed_type", [("Q4_0", "Q8_0"), ("Q8_0", "Q4_0"), ("Q4_1", "Q4_1")])
+def test_gguf_block_types_match_transformers(tmp_path: Path, tiny_hf: Path, linear_type: str, embed_type: str) -> None:
+    src = tiny_gguf(tmp_path / "m.gguf", tiny_hf, linear_type, embed_type)
+    export(str(src), tmp_path / "pkg")
+    _compare(tmp_path / "pkg", str(src))
+
+
+def test_hf_folder_float32_matches_torch(tiny_hf_pkg: Path, tiny_hf: Path) -> None:
+    _compare(tiny_hf_pkg, str(tiny_hf))
+
+
+@pytest.mark.parametrize("arch,overrides", [
+    ("llama", {"tied": False}),
+    ("mistral", {"sliding_window": 8, "tied": False}),
+    ("qwen2", {"tied": True}),
+    ("llama", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}),
+])
+def test_layouts_match_torch(tmp_path: Path, arch: str, overrides: dict) -> None:
+    src = tiny_hf_model(tmp_path / "src", arch=arch, **overrides)
+    export(str(src), tmp_path / "pkg")
+    _compare(tmp_path / "pkg", str(src))
+
+
+def test_pruned_uneven_layer_widths_match_torch(tmp_path: Path) -> None:
+    torch_model = tiny_torch_model(tmp_path / "src", layer_widths=(96, 64))
+    manifest = export(str(tmp_path / "src"), tmp_path / "pkg")
+    assert manifest.model.layer_intermediate_sizes == (96, 64)
+    _compare(tmp_path / "pkg", TorchReference.from_model(torch_model))
+
+
+def test_fast_mode_is_close(tiny_gguf_pkg: Path, tiny_gguf_file: Path) -> None:
+    """int8 activations: not exact, but close (the opt-in mode's promise)."""
+    exact, fast = load(tiny_gguf_pkg), load(tiny_gguf_pkg, fast=True)
+    ids = exact.encode(PROMPT)
+    a, b = exact.logits(ids), fast.logits(ids)
+    assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
+    assert (a.argmax(-1) == b.argmax(-1)).mean() > 0.9
