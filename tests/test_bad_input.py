@@ -1,0 +1,116 @@
+"""Bad input: one line naming the file and what is wrong, exit status 2, and nothing half-written."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgekit.cli import main
+from factories import tiny_gguf
+
+
+def _fails(args: list[str], *expected: str) -> str:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("edgekit: error: "), err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+def _no_partial_output(folder: Path) -> None:
+    assert not (folder / "out").exists()
+    assert not list(folder.glob(".out.partial-*"))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    _fails(["export", str(tmp_path / "nope.gguf"), "-o", str(tmp_path / "out")], "nope.gguf", "no such file")
+    _no_partial_output(tmp_path)
+
+
+def test_wrong_magic(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGML" + bytes(100))
+    _fails(["export", str(bad), "-o", str(tmp_path / "out")], "bad.gguf", "not a GGUF file", "b'GGML'")
+    _no_partial_output(tmp_path)
+
+
+def test_truncated_gguf(tmp_path: Path, tiny_gguf_file: Path) -> None:
+    cut = tmp_path / "cut.gguf"
+    data = tiny_gguf_file.read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    _fails(["export", str(cut), "-o", str(tmp_path / "out")], "cut.gguf", "truncated")
+    _no_partial_output(tmp_path)
+
+
+def test_unsupported_architecture(tmp_path: Path, tiny_hf: Path) -> None:
+    src = tiny_gguf(tmp_path / "falcon.gguf", tiny_hf, arch="falcon")
+    _fails(["export", str(src), "-o", str(tmp_path / "out")], "falcon.gguf", "unsupported architecture 'falcon'")
+    _no_partial_output(tmp_path)
+
+
+def test_unsupported_quant_type(tmp_path: Path, tiny_hf: Path) -> None:
+    src = tiny_gguf(tmp_path / "q5.gguf", tiny_hf, linear_type="Q5_0")
+    _fails(["export", str(src), "-o", str(tmp_path / "out")], "q5.gguf", "blk.0.attn_q.weight",
+           "unsupported quantization type Q5_0")
+    _no_partial_output(tmp_path)
+
+
+def test_existing_output_is_not_overwritten(tmp_path: Path, tiny_gguf_file: Path) -> None:
+    (tmp_path / "out").mkdir()
+    _fails(["export", str(tiny_gguf_file), "-o", str(tmp_path / "out")], "already exists")
+
+
+def test_failure_while_writing_leaves_nothing(tmp_path: Path, tiny_gguf_file: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from tokenizers import Tokenizer
+
+    def broken_save(self: Tokenizer, path: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Tokenizer, "save", broken_save)
+    result = CliRunner().invoke(main, ["export", str(tiny_gguf_file), "-o", str(tmp_path / "out")])
+    assert result.exit_code != 0
+    _no_partial_output(tmp_path)
+
+
+@pytest.fixture
+def pkg_copy(tmp_path: Path, tiny_gguf_pkg: Path) -> Path:
+    return Path(shutil.copytree(tiny_gguf_pkg, tmp_path / "pkg"))
+
+
+def test_tampered_package(pkg_copy: Path) -> None:
+    data = pkg_copy / "model.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    _fails(["run", str(pkg_copy), "--prompt", "hi"], "model.onnx.data", "hash mismatch")
+
+
+def test_truncated_package_file(pkg_copy: Path) -> None:
+    tok = pkg_copy / "tokenizer.json"
+    tok.write_bytes(tok.read_bytes()[:100])
+    _fails(["run", str(pkg_copy), "--prompt", "hi"], "tokenizer.json", "size")
+
+
+def test_missing_manifest(pkg_copy: Path) -> None:
+    (pkg_copy / "manifest.json").unlink()
+    _fails(["run", str(pkg_copy), "--prompt", "hi"], "manifest.json is missing")
+
+
+def test_unknown_op_in_package(pkg_copy: Path) -> None:
+    import json
+
+    m = json.loads((pkg_copy / "manifest.json").read_text())
+    m["graph"]["custom_ops"].append("MatMulBlockQ5")
+    (pkg_copy / "manifest.json").write_text(json.dumps(m))
+    _fails(["run", str(pkg_copy), "--prompt", "hi"], "unknown edgekit op", "MatMulBlockQ5")
+
+
+def test_prompt_longer_than_context(tiny_gguf_pkg: Path) -> None:
+    _fails(["run", str(tiny_gguf_pkg), "--prompt", "word " * 50, "--max-length", "16"],
+           "prompt has", "the context holds 16")

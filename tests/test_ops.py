@@ -1,0 +1,99 @@
+"""Each edgekit op: packing round-trips, the reference kernel equals dequantize-then-matmul, and both the
+standard-ONNX body and the lowered native kernels compute the reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekit.formats import BlockQuantWeight, pack_codes, unpack_codes
+from edgekit.ops import OPSET_IMPORTS, GatherBlockQ4, GatherBlockQ8, MatMulBlockQ4, MatMulBlockQ8, function_protos
+from edgekit.runtime.lowering import lower
+
+RNG = np.random.default_rng(0)
+N, K, BLOCK = 96, 256, 32
+
+
+def _weight(bits: int, offsets: str = "free") -> BlockQuantWeight:
+    codes = RNG.integers(0, 2**bits, (N, K)).astype(np.uint8)
+    scales = RNG.standard_normal((N, K // BLOCK)).astype(np.float16).astype(np.float32)
+    off = {"free": RNG.standard_normal((N, K // BLOCK)).astype(np.float16).astype(np.float32),
+           "zero_point": -(2.0 ** (bits - 1)) * scales}[offsets]
+    return BlockQuantWeight(codes, scales, off.astype(np.float32), bits, BLOCK, "test")
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_pack_unpack_round_trip(bits: int) -> None:
+    codes = RNG.integers(0, 2**bits, (N, K)).astype(np.uint8)
+    packed = pack_codes(codes, bits, BLOCK)
+    assert packed.shape == (N, K // BLOCK, BLOCK * bits // 8)
+    np.testing.assert_array_equal(unpack_codes(packed, bits).reshape(N, K), codes)
+
+
+def test_pack_layout_is_low_nibble_first() -> None:
+    codes = np.tile(np.array([[1, 2]], np.uint8), (1, 16))
+    assert pack_codes(codes, 4, 32)[0, 0, 0] == 0x21
+
+
+def _model(node: onnx.NodeProto, inputs: list, output_shape: list, inits: list, op_type: str) -> onnx.ModelProto:
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, output_shape)],
+                              inits)
+    m = helper.make_model(graph, opset_imports=[*OPSET_IMPORTS, helper.make_opsetid("com.microsoft", 1)],
+                          functions=function_protos({op_type}))
+    m.ir_version = 10
+    onnx.checker.check_model(m)
+    return m
+
+
+def _run(m: onnx.ModelProto, feeds: dict) -> np.ndarray:
+    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+def _matmul_model(op: type, w: BlockQuantWeight) -> onnx.ModelProto:
+    inits = [numpy_helper.from_array(pack_codes(w.codes, w.bits, BLOCK), "B"),
+             numpy_helper.from_array(w.scales.astype(np.float16), "s"),
+             numpy_helper.from_array(w.offsets.astype(np.float16), "o")]
+    node = op.make_node(["A", "B", "s", "o"], ["Y"], "mm", K=K, N=N, block_size=BLOCK)
+    return _model(node, [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, "S", K])], [1, "S", N], inits,
+                  op.op_type)
+
+
+@pytest.mark.parametrize("op,offsets", [(MatMulBlockQ4, "free"), (MatMulBlockQ4, "zero_point"),
+                                        (MatMulBlockQ8, "free"), (MatMulBlockQ8, "zero_point")])
+def test_matmul_reference_body_and_lowering_agree(op: type, offsets: str) -> None:
+    w = _weight(op.bits, offsets)
+    a = RNG.standard_normal((1, 3, K)).astype(np.float32)
+    packed = pack_codes(w.codes, w.bits, BLOCK)
+    ref = op.reference(a, packed, w.scales.astype(np.float16), w.offsets.astype(np.float16), K=K, N=N, block_size=BLOCK)
+    np.testing.assert_allclose(ref, a @ w.dequantize().T, rtol=1e-5, atol=1e-3)
+    m = _matmul_model(op, w)
+    tol = dict(rtol=1e-4, atol=1e-3 * np.abs(ref).max())
+    np.testing.assert_allclose(_run(m, {"A": a}), ref, **tol)
+    lowered = lower(onnx.ModelProto.FromString(m.SerializeToString()), "CPUExecutionProvider")
+    assert not any(n.domain == "edgekit" for n in lowered.graph.node)
+    np.testing.assert_allclose(_run(lowered, {"A": a}), ref, **tol)
+    fast = lower(onnx.ModelProto.FromString(m.SerializeToString()), "CPUExecutionProvider", fast=True)
+    np.testing.assert_allclose(_run(fast, {"A": a}), ref, rtol=0, atol=0.03 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("op", [GatherBlockQ4, GatherBlockQ8])
+def test_gather_reference_and_body_agree(op: type) -> None:
+    w = _weight(op.bits)
+    packed = pack_codes(w.codes, w.bits, BLOCK)
+    ids = np.array([[5, 0, 95, 5]], np.int64)
+    ref = op.reference(packed, w.scales, w.offsets, ids, K=K, block_size=BLOCK)
+    np.testing.assert_array_equal(ref, w.dequantize()[ids])
+    inits = [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(w.scales, "s"),
+             numpy_helper.from_array(w.offsets, "o")]
+    node = op.make_node(["B", "s", "o", "ids"], ["Y"], "g", K=K, block_size=BLOCK)
+    m = _model(node, [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "S"])], [1, "S", K], inits,
+               op.op_type)
+    np.testing.assert_array_equal(_run(m, {"ids": ids}), ref)
+
+
+def test_unknown_op_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown edgekit op"):
+        function_protos({"MatMulBlockQ5"})
