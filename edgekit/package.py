@@ -48,7 +48,11 @@ class Manifest:
 
     @property
     def model(self) -> ModelConfig:
-        return ModelConfig.from_dict(self.data["model"])
+        try:
+            return ModelConfig.from_dict(self.data["model"])
+        except (KeyError, TypeError) as exc:
+            raise EdgekitError(f"corrupt package: manifest 'model' section does not fit this edgekit ({exc})",
+                               MANIFEST) from exc
 
     @property
     def tokenizer(self) -> dict[str, Any]:

@@ -84,6 +84,8 @@ def write_package(source: Source, built: BuiltGraph, tokenizer: Tokenizer, tok_i
         })
         manifest.data["files"] = file_entries(tmp)
         manifest.write(tmp)
+        for f in tmp.iterdir():  # onnx writes external data owner-only; a package is meant to be shared
+            f.chmod(0o644)
         tmp.chmod(0o755)
         tmp.rename(out)
     except BaseException:
