@@ -38,12 +38,13 @@ def main() -> None:
 @main.command()
 @click.argument("src")
 @click.option("-o", "--output", "out", required=True, help="Package folder to create (must not exist).")
+@click.option("--draft", default=None, help="Draft model SRC for speculative decoding, or `auto` (from the target).")
 @_one_line_errors
-def export(src: str, out: str) -> None:
+def export(src: str, out: str, draft: str | None) -> None:
     """Export SRC (a GGUF file, a Hugging Face folder, or `smollm2-135m`) to the package folder OUT."""
     from edgekit.exporters.pipeline import describe, export as run_export
 
-    manifest = run_export(src, out)
+    manifest = run_export(src, out, draft=draft)
     click.echo(f"wrote {out}: {describe(manifest)}")
 
 

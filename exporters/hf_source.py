@@ -118,7 +118,10 @@ def hf_tokenizer(path: Path) -> tuple[Tokenizer, dict[str, Any]]:
     tj = path / "tokenizer.json"
     if not tj.is_file():
         raise EdgekitError("tokenizer.json is missing (edgekit needs a fast tokenizer)", path)
-    tok = Tokenizer.from_file(str(tj))
+    try:
+        tok = Tokenizer.from_file(str(tj))
+    except Exception as exc:  # the tokenizers library raises a bare Exception on malformed files
+        raise EdgekitError(f"cannot read the tokenizer ({exc})", tj) from exc
     tcfg = _read_json(path / "tokenizer_config.json")
     gcfg = _read_json(path / "generation_config.json")
     mcfg = _read_json(path / "config.json")

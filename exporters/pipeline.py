@@ -24,11 +24,13 @@ from edgekit.package import (FORMAT_NAME, FORMAT_VERSION, GRAPH_FILE, TOKENIZER_
                              file_entries, sha256_of)
 from edgekit.progress import progress
 from edgekit.recipe import Recipe
+from edgekit.exporters.draft import check_same_tokenizer, layer_subset
 from edgekit.exporters.graph_builder import GraphBuilder
 from edgekit.exporters.sources import Source, open_source, source_tokenizer
 from edgekit.exporters.weights import LINEAR_NAMES, weight_format
 
 DEFAULT_MAX_NEW_TOKENS = 256
+DRAFT_FOLDER = "draft"
 
 
 @dataclass
@@ -53,40 +55,69 @@ def build_graph(source: Source) -> BuiltGraph:
     return BuiltGraph(model, Recipe(method="import", tensor_formats=formats), sorted(builder.edgekit_ops))
 
 
-def write_package(source: Source, built: BuiltGraph, tokenizer: Tokenizer, tok_info: dict[str, Any],
-                  out: Path, source_name: str) -> Manifest:
-    """Stage 3: write graph, weights, tokenizer and manifest to a temporary folder, then rename it to `out`."""
+@dataclass
+class PackageContents:
+    """Everything one package (or its draft) is written from."""
+
+    source: Source
+    built: BuiltGraph
+    tokenizer: Tokenizer
+    tok_info: dict[str, Any]
+    source_name: str
+
+
+def prepare(src: str) -> PackageContents:
+    """Stages 1 and 2 for SRC: open and check the source, build its graph."""
+    source = open_source(src)
+    tokenizer, tok_info = source_tokenizer(source)
+    return PackageContents(source, build_graph(source), tokenizer, tok_info, src)
+
+
+def _write_contents(folder: Path, c: PackageContents, extra: dict[str, Any]) -> Manifest:
+    """Graph, weights, tokenizer and manifest into an existing folder (files already there are hashed too)."""
+    onnx.save_model(c.built.model, str(folder / GRAPH_FILE), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=WEIGHTS_FILE, size_threshold=1024)
+    c.tokenizer.save(str(folder / TOKENIZER_FILE))
+    src_path = Path(c.source.path)
+    manifest = Manifest({
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "edgekit_version": edgekit.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": {"name": c.source_name, "kind": c.source.kind, "file": src_path.name,
+                   "sha256": sha256_of(src_path) if src_path.is_file() else None},
+        "model": c.source.config.to_dict(),
+        "recipe": c.built.recipe.to_dict(),
+        "graph": {"file": GRAPH_FILE, "weights": WEIGHTS_FILE, "custom_ops": c.built.custom_ops,
+                  "opsets": {o.domain or "ai.onnx": o.version for o in c.built.model.opset_import}},
+        "tokenizer": {"file": TOKENIZER_FILE, **c.tok_info},
+        "generation": {"stop_token_ids": c.tok_info["stop_token_ids"], "max_new_tokens": DEFAULT_MAX_NEW_TOKENS,
+                       "temperature": 0.0, "top_k": 0, "top_p": 1.0},
+        **extra,
+        "files": file_entries(folder),
+    })
+    manifest.write(folder)
+    for f in folder.iterdir():  # onnx writes external data owner-only; a package is meant to be shared
+        if f.is_file():
+            f.chmod(0o644)
+    folder.chmod(0o755)
+    return manifest
+
+
+def write_package(main: PackageContents, out: Path, draft: PackageContents | None = None) -> Manifest:
+    """Stage 3: write the package (and its draft, in draft/) to a temporary folder, then rename it to `out`."""
     out = Path(out)
     if out.exists():
         raise EdgekitError("output already exists (remove it or choose another -o)", out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        onnx.save_model(built.model, str(tmp / GRAPH_FILE), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location=WEIGHTS_FILE, size_threshold=1024)
-        tokenizer.save(str(tmp / TOKENIZER_FILE))
-        src_path = Path(source.path)
-        manifest = Manifest({
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "edgekit_version": edgekit.__version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "source": {"name": source_name, "kind": source.kind, "file": src_path.name,
-                       "sha256": sha256_of(src_path) if src_path.is_file() else None},
-            "model": source.config.to_dict(),
-            "recipe": built.recipe.to_dict(),
-            "graph": {"file": GRAPH_FILE, "weights": WEIGHTS_FILE, "custom_ops": built.custom_ops,
-                      "opsets": {o.domain or "ai.onnx": o.version for o in built.model.opset_import}},
-            "tokenizer": {"file": TOKENIZER_FILE, **tok_info},
-            "generation": {"stop_token_ids": tok_info["stop_token_ids"], "max_new_tokens": DEFAULT_MAX_NEW_TOKENS,
-                           "temperature": 0.0, "top_k": 0, "top_p": 1.0},
-            "files": {},
-        })
-        manifest.data["files"] = file_entries(tmp)
-        manifest.write(tmp)
-        for f in tmp.iterdir():  # onnx writes external data owner-only; a package is meant to be shared
-            f.chmod(0o644)
-        tmp.chmod(0o755)
+        extra: dict[str, Any] = {}
+        if draft is not None:
+            (tmp / DRAFT_FOLDER).mkdir()
+            d = _write_contents(tmp / DRAFT_FOLDER, draft, {})
+            extra["draft"] = {"folder": DRAFT_FOLDER, "source": d.data["source"], "layers": d.model.num_layers}
+        manifest = _write_contents(tmp, main, extra)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -94,14 +125,23 @@ def write_package(source: Source, built: BuiltGraph, tokenizer: Tokenizer, tok_i
     return manifest
 
 
-def export(src: str, out: str | Path) -> Manifest:
-    """SRC (GGUF file, HF folder or built-in name) -> edgekit package folder `out`."""
+def export(src: str, out: str | Path, draft: str | None = None) -> Manifest:
+    """SRC (GGUF file, HF folder or built-in name) -> edgekit package folder `out`.
+
+    `draft`: a draft model's SRC for speculative decoding (its tokenizer must equal the target's), or
+    "auto" to build one from the target itself (see exporters.draft).
+    """
     if Path(out).exists():
         raise EdgekitError("output already exists (remove it or choose another -o)", out)
-    source = open_source(src)
-    tokenizer, tok_info = source_tokenizer(source)
-    built = build_graph(source)
-    return write_package(source, built, tokenizer, tok_info, Path(out), src)
+    main = prepare(src)
+    draft_contents = None
+    if draft == "auto":
+        sub = layer_subset(main.source)
+        draft_contents = PackageContents(sub, build_graph(sub), main.tokenizer, main.tok_info, f"{src} (auto draft)")
+    elif draft is not None:
+        draft_contents = prepare(draft)
+        check_same_tokenizer(main.tokenizer, draft_contents.tokenizer, draft)
+    return write_package(main, Path(out), draft_contents)
 
 
 def describe(manifest: Manifest) -> str:

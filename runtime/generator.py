@@ -9,11 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.package import Manifest
 from edgekit.runtime.decoder import Decoder, SessionSettings, make_session
+from edgekit.runtime.decoding import DecodeStats, decode
+from edgekit.runtime.drafters import Drafter, ModelDrafter, NgramDrafter
 from edgekit.runtime.loader import load_package
 from edgekit.runtime.lowering import lower
 from edgekit.runtime.providers import select_provider
-from edgekit.runtime.sampling import SamplingParams, choose_token
+from edgekit.runtime.sampling import SamplingParams
 from edgekit.runtime.text import StreamDecoder, TextCodec
 
 DEFAULT_MAX_LENGTH = 2048
@@ -25,23 +28,40 @@ class GenerationConfig:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     seed: int | None = None
     stop_token_ids: tuple[int, ...] | None = None  # None: the package's stop tokens
+    speculative: str | None = None  # None (plain), "ngram" (prompt lookup) or "draft" (the package's draft model)
+    draft_len: int = 4  # most tokens drafted per verify pass (adapts downwards)
+    draft_min_confidence: float = 0.3  # a draft model stops drafting below this probability of its own token
 
 
 class Model:
     """A loaded package. Not thread-safe: one generation at a time (the KV cache is shared)."""
 
     def __init__(self, path: str | Path, device: str = "cpu", fast: bool = False, max_length: int | None = None,
-                 threads: int = 0, spinning: bool = True, verify: bool = True):
+                 threads: int = 0, spinning: bool = True, verify: bool = True, draft: bool = False):
         self.path = Path(path)
-        self.manifest, onnx_model = load_package(self.path, verify=verify)
-        self.config = self.manifest.model
         self.provider = select_provider(device)
         self.fast = fast
-        self.max_length = min(max_length or DEFAULT_MAX_LENGTH, self.config.max_position_embeddings)
-        session = make_session(lower(onnx_model, self.provider, fast=fast),
-                               SessionSettings(self.provider, threads, spinning))
-        self.decoder = Decoder(session, self.config, self.max_length)
+        self.manifest, self.decoder = self._open(self.path, verify, max_length, threads, spinning and not draft)
+        self.config = self.manifest.model
+        self.max_length = self.decoder.max_length
         self.codec = TextCodec(self.path / self.manifest.tokenizer["file"], self.manifest.tokenizer)
+        self.draft_decoder: Decoder | None = None
+        if draft:
+            draft_dir = self.manifest.data.get("draft", {}).get("folder")
+            if not draft_dir:
+                raise EdgekitError("this package has no draft model (export it with --draft)", self.path)
+            # Two sessions take turns on few cores: spinning threads of the idle one would steal them.
+            self.draft_decoder = self._open(self.path / draft_dir, verify, self.max_length, threads, False)[1]
+        self.last_stats = DecodeStats()
+
+    def _open(self, folder: Path, verify: bool, max_length: int | None, threads: int,
+              spinning: bool) -> tuple[Manifest, Decoder]:
+        manifest, onnx_model = load_package(folder, verify=verify)
+        config = manifest.model
+        length = min(max_length or DEFAULT_MAX_LENGTH, config.max_position_embeddings)
+        session = make_session(lower(onnx_model, self.provider, fast=self.fast),
+                               SessionSettings(self.provider, threads, spinning))
+        return manifest, Decoder(session, config, length)
 
     # -- tokens ----------------------------------------------------------------------------------------
     def encode(self, prompt: str, chat: bool = False) -> list[int]:
@@ -60,21 +80,27 @@ class Model:
         self.decoder.reset()
         return self.decoder.forward(ids, n_logits=len(ids))
 
+    def _drafter(self, kind: str | None, min_confidence: float) -> Drafter | None:
+        if kind is None:
+            return None
+        if kind == "ngram":
+            return NgramDrafter()
+        if kind == "draft":
+            if self.draft_decoder is None:
+                raise EdgekitError("speculative='draft' needs the model loaded with draft=True "
+                                   "(and a package exported with --draft)")
+            return ModelDrafter(self.draft_decoder, min_confidence)
+        raise EdgekitError(f"unknown speculative mode {kind!r} (ngram, draft)")
+
     def generate_ids(self, ids: list[int], gen: GenerationConfig) -> Iterator[int]:
-        """New token ids, one at a time, from a fresh cache; stops at a stop token or the length limit."""
+        """New token ids, one at a time, from a fresh cache; stops at a stop token or the length limit.
+        Statistics of the generation (passes, drafted and accepted tokens) land in `last_stats`."""
         stops = set(gen.stop_token_ids if gen.stop_token_ids is not None
                     else self.manifest.generation["stop_token_ids"])
-        rng = np.random.default_rng(gen.seed)
-        self.decoder.reset()
-        logits = self.decoder.forward(ids)[-1]
-        budget = min(gen.max_new_tokens, self.max_length - len(ids))
-        for step in range(budget):
-            token = choose_token(logits, gen.sampling, rng)
-            if token in stops:
-                return
-            yield token
-            if step + 1 < budget:
-                logits = self.decoder.forward([token])[-1]
+        self.last_stats = DecodeStats()
+        return decode(self.decoder, ids, max_new_tokens=gen.max_new_tokens, params=gen.sampling,
+                      rng=np.random.default_rng(gen.seed), stops=stops, drafter=self._drafter(gen.speculative, gen.draft_min_confidence),
+                      draft_len=gen.draft_len, stats=self.last_stats)
 
     # -- text --------------------------------------------------------------------------------------------
     def stream(self, prompt: str, chat: bool = False, gen: GenerationConfig | None = None) -> Iterator[str]:
@@ -90,5 +116,5 @@ class Model:
 
 
 def load(path: str | Path, **kwargs: object) -> Model:
-    """Load a package folder. Keyword arguments: device, fast, max_length, threads, spinning, verify."""
+    """Load a package folder. Keyword arguments: device, fast, max_length, threads, spinning, verify, draft."""
     return Model(path, **kwargs)  # type: ignore[arg-type]

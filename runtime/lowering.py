@@ -4,11 +4,13 @@ The package stays portable (edgekit ops carry standard-ONNX bodies); here, for t
 each op becomes the fastest kernel that computes the same weights:
 
 - MatMulBlockQ4 -> com.microsoft.MatMulNBits with the 4-bit codes as they are stored. A zero point
-  is integer-only there, so a per-block offset that is not -8·scale (Q4_1's minimum) is added
-  exactly as a second term: y += Σ_b offset[n, b] · Σ_{k in b} x[k], one small MatMul over the
-  block sums of x (shared by every projection reading the same x).
+  is integer-only there: an offset of -z·scale with integer z per block (Q4_0: 8, Q3_K: 4) becomes
+  zero point z; any other offset (Q4_1's, Q4_K's and Q2_K's minimums) is added exactly as a second
+  term: y += Σ_b offset[n, b] · Σ_{k in b} x[k], one small MatMul over the block sums of x (shared
+  by every projection reading the same x).
 - MatMulBlockQ8 -> float32 MatMul on the dequantized weight (exact; MatMulNBits' 8-bit kernel without
-  int8 activations is slow), or, in fast mode, MatMulNBits 8-bit with int8 activations.
+  int8 activations is slow), or, in fast mode when the offsets are integer zero points (Q8_0, Q5_0,
+  Q6_K), MatMulNBits 8-bit with int8 activations.
 - Gather ops keep their function body: they touch only the gathered rows.
 
 `fast=True` sets accuracy_level 4 (int8 activations) on every MatMulNBits: about 2-3x faster GEMV,
@@ -27,6 +29,28 @@ MS_DOMAIN = "com.microsoft"
 NATIVE_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider")
 ACCURACY_EXACT = 0
 ACCURACY_INT8 = 4
+
+
+def integer_zero_points(scales: np.ndarray, offsets: np.ndarray, bits: int) -> np.ndarray | None:
+    """uint8 z [N, nb] with offsets == -z·scales in float32 and 0 <= z < 2^bits, or None if some block has none.
+
+    Then scale·code + offset = scale·(code − z), MatMulNBits' own form with an integer zero point (Q4_0: z = 8,
+    Q8_0: 128, Q3_K: 4, Q5_0: 16, Q6_K: 32), and no offset term is needed. For every GGUF type scale·code and
+    z·scale are exact in float32, so both forms give the same weights bit for bit."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(scales != 0, np.rint(-offsets / scales), 0.0).astype(np.float32)
+    if not (np.all(z >= 0) and np.all(z < 2**bits)) or not np.array_equal(-z * scales, offsets):
+        return None
+    return z.astype(np.uint8)
+
+
+def pack_zero_points(z: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 z [N, nb] -> MatMulNBits' zero_points: 8 bits as they are, 4 bits two per byte, low nibble first."""
+    if bits == 8:
+        return z
+    padded = np.zeros((z.shape[0], z.shape[1] + z.shape[1] % 2), np.uint8)
+    padded[:, : z.shape[1]] = z
+    return padded[:, 0::2] | (padded[:, 1::2] << np.uint8(4))
 
 
 class _Lowering:
@@ -62,38 +86,41 @@ class _Lowering:
             self.block_sums[key] = f"{x}.block_sums_{block}"
         return self.block_sums[key]
 
-    def matmul_q4(self, node: onnx.NodeProto) -> None:
+    def matmul_nbits(self, node: onnx.NodeProto, bits: int, zero_points: np.ndarray | None, level: int) -> None:
+        """MatMulNBits on the stored codes. With integer zero points (uint8 [N, nb], offsets == -z·scales) that is
+        the whole product; with None, zero point 0 plus the exact block-offset term."""
         a, packed, scales_name, offsets_name = node.input
         attrs = {at.name: at.i for at in node.attribute}
         k, n, block = attrs["K"], attrs["N"], attrs["block_size"]
-        scales = self.array(scales_name).astype(np.float32)
-        offsets = self.array(offsets_name).astype(np.float32)
-        level = ACCURACY_INT8 if self.fast else ACCURACY_EXACT
-        f32_scales = self.add_init(f"{scales_name}.f32", scales)
-        common = dict(K=k, N=n, bits=4, block_size=block, accuracy_level=level)
-        if np.array_equal(offsets, -8.0 * scales):  # Q4_0: MatMulNBits' default zero point 8 is exact
-            self.emit("MatMulNBits", [a, packed, f32_scales], [node.output[0]], domain=MS_DOMAIN, **common)
-            return
         n_blocks = k // block
-        zero_points = self.add_init(f"{packed}.zero_points", np.zeros((n, (n_blocks + 1) // 2), np.uint8))
-        codes_out = f"{node.output[0]}.codes_term"
-        self.emit("MatMulNBits", [a, packed, f32_scales, zero_points], [codes_out], domain=MS_DOMAIN, **common)
-        offsets_t = self.add_init(f"{offsets_name}.f32_t", offsets.T)
-        self.emit("MatMul", [self.block_sum(a, n_blocks, block), offsets_t], [f"{node.output[0]}.offset_term"])
-        self.emit("Add", [codes_out, f"{node.output[0]}.offset_term"], [node.output[0]])
+        inputs = [a, packed, self.add_init(f"{scales_name}.f32", self.array(scales_name).astype(np.float32))]
+        z = np.zeros((n, n_blocks), np.uint8) if zero_points is None else zero_points
+        if not np.all(z == 2 ** (bits - 1)):  # else MatMulNBits' default zero point is exact as it is
+            inputs.append(self.add_init(f"{packed}.zero_points", pack_zero_points(z, bits)))
+        out = node.output[0] if zero_points is not None else f"{node.output[0]}.codes_term"
+        self.emit("MatMulNBits", inputs, [out], domain=MS_DOMAIN, K=k, N=n, bits=bits, block_size=block,
+                  accuracy_level=level)
+        if zero_points is None:
+            offsets_t = self.add_init(f"{offsets_name}.f32_t", self.array(offsets_name).astype(np.float32).T)
+            self.emit("MatMul", [self.block_sum(a, n_blocks, block), offsets_t], [f"{node.output[0]}.offset_term"])
+            self.emit("Add", [out, f"{node.output[0]}.offset_term"], [node.output[0]])
+
+    def scales_offsets(self, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
+        return self.array(node.input[2]).astype(np.float32), self.array(node.input[3]).astype(np.float32)
+
+    def matmul_q4(self, node: onnx.NodeProto) -> None:
+        level = ACCURACY_INT8 if self.fast else ACCURACY_EXACT
+        self.matmul_nbits(node, 4, integer_zero_points(*self.scales_offsets(node), 4), level)
 
     def matmul_q8(self, node: onnx.NodeProto) -> None:
         from edgekit.ops.block_dequant import dequantize_blocks
 
-        a, packed, scales_name, offsets_name = node.input
-        attrs = {at.name: at.i for at in node.attribute}
-        scales = self.array(scales_name).astype(np.float32)
-        offsets = self.array(offsets_name).astype(np.float32)
-        if self.fast and np.array_equal(offsets, -128.0 * scales):
-            self.emit("MatMulNBits", [a, packed, self.add_init(f"{scales_name}.f32", scales)], [node.output[0]],
-                      domain=MS_DOMAIN, K=attrs["K"], N=attrs["N"], bits=8, block_size=attrs["block_size"],
-                      accuracy_level=ACCURACY_INT8)
+        scales, offsets = self.scales_offsets(node)
+        zero_points = integer_zero_points(scales, offsets, 8) if self.fast else None
+        if zero_points is not None:
+            self.matmul_nbits(node, 8, zero_points, ACCURACY_INT8)
             return
+        a, packed = node.input[:2]
         w = dequantize_blocks(self.array(packed), scales, offsets, 8)
         self.emit("MatMul", [a, self.add_init(f"{packed}.dequantized_t", w.T)], [node.output[0]])
 

@@ -45,8 +45,13 @@ def token_distribution(logits: np.ndarray, params: SamplingParams) -> np.ndarray
     return p
 
 
-def choose_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+def choose_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
+                 exclude: int | None = None) -> int:
+    """The next token; `exclude` removes one token from the sampling distribution (a rejected draft)."""
     if params.greedy:
         return int(np.argmax(logits))
     p = token_distribution(logits, params)
+    if exclude is not None:
+        p[exclude] = 0.0
+        p /= p.sum()
     return int(rng.choice(p.size, p=p))

@@ -76,7 +76,7 @@ def _to_gguf_rows(w: np.ndarray, heads: int) -> np.ndarray:
 
 def tiny_gguf(path: Path, hf_folder: Path, linear_type: str = "Q4_1", embed_type: str = "Q8_0",
               arch: str = "llama") -> Path:
-    """The HF folder's weights written as a GGUF, quantized with gguf-py's own quantizers."""
+    """The HF folder's weights written as a GGUF of the given block types (see gguf_raw)."""
     import gguf
     from safetensors.numpy import load_file
 
@@ -104,12 +104,14 @@ def tiny_gguf(path: Path, hf_folder: Path, linear_type: str = "Q4_1", embed_type
     w.add_chat_template(src.fields["tokenizer.chat_template"].contents())
     qtype = gguf.GGMLQuantizationType
 
+    rng = np.random.default_rng(0)
+
     def put(name: str, arr: np.ndarray, kind: str) -> None:
         arr = arr.astype(np.float32)
         if kind == "F32":
             w.add_tensor(name, arr)
         else:
-            w.add_tensor(name, gguf.quants.quantize(arr, qtype[kind]), raw_dtype=qtype[kind])
+            w.add_tensor(name, gguf_raw(arr, kind, rng), raw_dtype=qtype[kind])
 
     heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     put("token_embd.weight", state["model.embed_tokens.weight"], embed_type)
@@ -135,3 +137,74 @@ def tiny_gguf(path: Path, hf_folder: Path, linear_type: str = "Q4_1", embed_type
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+# -- raw GGUF blocks ------------------------------------------------------------------------------------
+GGUF_NUMPY_QUANTIZERS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")  # types gguf-py can quantize in numpy
+# Byte offsets of the float16 fields (d, dmin, m) in one block, from the block structs of ggml-common.h.
+GGUF_FLOAT16_FIELDS = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,), "IQ4_NL": (0,),
+                       "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+def gguf_raw(w: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """float32 [N, K] as raw GGUF blocks uint8 [N, row_bytes]: gguf-py's quantizer where it has one, the test
+    encoder for Q6_K, and otherwise random blocks at w's magnitude (a stand-in: gguf-py has no numpy encoder
+    for the other K-quants; transformers reads the same blocks, so a comparison still holds)."""
+    if kind in GGUF_NUMPY_QUANTIZERS:
+        import gguf
+
+        return gguf.quants.quantize(w, gguf.GGMLQuantizationType[kind])
+    if kind == "Q6_K":
+        return encode_q6_k(w)
+    return random_gguf_stand_in(kind, w, rng)
+
+
+def random_gguf_blocks(kind: str, n_rows: int, n_cols: int, rng: np.random.Generator,
+                       float16_scale: float | None = None) -> np.ndarray:
+    """Random bytes as GGUF blocks uint8 [n_rows, row_bytes], with finite float16 fields: uniform in
+    ±float16_scale, or (None) drawn from every finite float16 bit pattern (subnormals, ±0 and ±65504 included)."""
+    import gguf
+
+    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kind]]
+    shape = (n_rows, n_cols // block)
+    raw = rng.integers(0, 256, (*shape, type_size), dtype=np.uint8)
+    for at in GGUF_FLOAT16_FIELDS[kind]:
+        if float16_scale is None:
+            bits = rng.integers(0, 1 << 16, shape, dtype=np.uint16)
+            values = np.where((bits & 0x7C00) == 0x7C00, bits & 0x83FF, bits).view(np.float16)  # no inf, no NaN
+        else:
+            values = rng.uniform(-float16_scale, float16_scale, shape).astype(np.float16)
+        raw[:, :, at:at + 2] = values[..., None].view(np.uint8)
+    return raw.reshape(n_rows, -1)
+
+
+def random_gguf_stand_in(kind: str, w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random blocks of `kind` shaped like w [N, K], with about w's standard deviation."""
+    import gguf
+
+    n, k = w.shape
+    unit = gguf.quants.dequantize(random_gguf_blocks(kind, 8, k, rng, 1.0), gguf.GGMLQuantizationType[kind]).std()
+    return random_gguf_blocks(kind, n, k, rng, float(w.std() / unit))
+
+
+def _pack_bit_fields(fields: np.ndarray, width: int) -> np.ndarray:
+    """GGUF's bit-field layout, the inverse of the importer's: [..., 8/width, n] -> bytes [..., n], field f
+    in bits [f*width, (f+1)*width)."""
+    shifts = np.arange(0, 8, width, dtype=np.uint8)[:, None]
+    return np.bitwise_or.reduce(fields.astype(np.uint8) << shifts, axis=-2)
+
+
+def encode_q6_k(w: np.ndarray) -> np.ndarray:
+    """float32 [N, K] -> raw Q6_K uint8 [N, K / 256 * 210], plain round-to-nearest (llama.cpp searches for better
+    scales; any valid blocks serve a test). Block: ql 128 B, qh 64 B, int8 scales 16 B, float16 d."""
+    n, k = w.shape
+    x = w.reshape(n, k // 256, 16, 16)  # [N, super-blocks, sub-blocks, 16]
+    sub_scale = np.abs(x).max(-1) / 31
+    d = (sub_scale.max(-1, keepdims=True) / 127).astype(np.float16)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = np.nan_to_num(np.rint(sub_scale / d.astype(np.float32))).clip(-128, 127).astype(np.int8)
+        dl = (d.astype(np.float32) * sc)[..., None]
+        q = (np.nan_to_num(np.rint(x / dl)).clip(-32, 31) + 32).astype(np.uint8).reshape(n, k // 256, 256)
+    ql = _pack_bit_fields((q & 0x0F).reshape(n, -1, 2, 2, 64), 4).reshape(n, -1, 128)
+    qh = _pack_bit_fields((q >> 4).reshape(n, -1, 2, 4, 32), 2).reshape(n, -1, 64)
+    return np.concatenate([ql, qh, sc.view(np.uint8), d.view(np.uint8)], axis=-1).reshape(n, -1)

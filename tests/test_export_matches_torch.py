@@ -37,6 +37,20 @@ def test_gguf_block_types_match_transformers(tmp_path: Path, tiny_hf: Path, line
     _compare(tmp_path / "pkg", str(src))
 
 
+@pytest.fixture(scope="module")
+def k_quant_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model whose every row (hidden 256, MLP 512) holds whole 256-element K-quant super-blocks."""
+    return tiny_hf_model(tmp_path_factory.mktemp("k_quant_hf") / "model", hidden_size=256, intermediate_size=512)
+
+
+@pytest.mark.parametrize("linear_type,embed_type", [("Q6_K", "Q6_K"), ("Q4_K", "Q5_K"), ("Q3_K", "Q2_K")])
+def test_gguf_k_quants_match_transformers(tmp_path: Path, k_quant_hf: Path, linear_type: str, embed_type: str) -> None:
+    """Q6_K carries the model's own weights (the tests' encoder); other K-quants are random stand-in blocks."""
+    src = tiny_gguf(tmp_path / "m.gguf", k_quant_hf, linear_type, embed_type)
+    export(str(src), tmp_path / "pkg")
+    _compare(tmp_path / "pkg", str(src))
+
+
 def test_hf_folder_float32_matches_torch(tiny_hf_pkg: Path, tiny_hf: Path) -> None:
     _compare(tiny_hf_pkg, str(tiny_hf))
 

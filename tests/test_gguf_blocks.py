@@ -1,30 +1,118 @@
-"""GGUF blocks re-laid into edgekit's form dequantize to exactly what gguf-py dequantizes."""
+"""GGUF blocks re-laid into edgekit's form dequantize to exactly what gguf-py dequantizes, and run."""
 
 from __future__ import annotations
 
 import gguf
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.exporters.gguf_blocks import GGUF_BLOCK_TYPES
 from edgekit.exporters.gguf_source import GGUFSource, canonical_name, llama_row_order
-from factories import SMOLLM2_GGUF
+from edgekit.formats import BlockQuantWeight, pack_codes
+from edgekit.ops import GatherBlockQ4, GatherBlockQ8, MatMulBlockQ4, MatMulBlockQ8
+from edgekit.runtime.lowering import lower
+from factories import GGUF_NUMPY_QUANTIZERS, SMOLLM2_GGUF, encode_q6_k, random_gguf_blocks, random_gguf_stand_in
+from test_ops import _model, _run
+
+K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
 
-@pytest.mark.parametrize("name", sorted(GGUF_BLOCK_TYPES))
+def _dequantize(raw: np.ndarray, name: str) -> np.ndarray:
+    return gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[name])
+
+
+@pytest.mark.parametrize("name", GGUF_NUMPY_QUANTIZERS)
 def test_block_type_is_bit_exact(name: str) -> None:
     rng = np.random.default_rng(1)
     w = (rng.standard_normal((64, 256)) * rng.uniform(0.01, 10, (64, 1))).astype(np.float32)
-    qtype = gguf.GGMLQuantizationType[name]
-    raw = gguf.quants.quantize(w, qtype)
-    expected = gguf.quants.dequantize(raw, qtype)
+    raw = gguf.quants.quantize(w, gguf.GGMLQuantizationType[name])
     got = GGUF_BLOCK_TYPES[name].to_block_weight(raw, 256).dequantize()
-    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, _dequantize(raw, name))
+
+
+@pytest.mark.parametrize("name", sorted(GGUF_BLOCK_TYPES))
+def test_random_blocks_are_bit_exact(name: str) -> None:
+    """Any bytes, with float16 fields over the whole finite range: the re-laid weight equals gguf-py's, value
+    for value (np.array_equal; only the sign of some zeros may differ, see docs/ops.md)."""
+    raw = random_gguf_blocks(name, 48, 1024, np.random.default_rng(2))
+    got = GGUF_BLOCK_TYPES[name].to_block_weight(raw, 1024)
+    assert np.array_equal(got.dequantize(), _dequantize(raw, name))
+    assert got.codes.max() < 2**got.bits and got.scales.dtype == got.offsets.dtype == np.float32
+
+
+@pytest.mark.parametrize("name", sorted(GGUF_BLOCK_TYPES))
+def test_block_sizes_match_gguf(name: str) -> None:
+    cls = GGUF_BLOCK_TYPES[name]
+    assert gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]] == (cls.block_size, cls.type_size)
+    assert cls.block_size % cls.sub_block_size == 0
+
+
+def test_q6_k_test_encoder_is_close() -> None:
+    """The tests' own Q6_K encoder (gguf-py has none) gives blocks that decode to about the input."""
+    w = (np.random.default_rng(3).standard_normal((16, 512)) * 0.08).astype(np.float32)
+    back = _dequantize(encode_q6_k(w), "Q6_K")
+    assert np.abs(back - w).max() < np.abs(w).max() / 31
+
+
+def _weight(name: str, n: int, k: int) -> BlockQuantWeight:
+    w = np.random.default_rng(4).standard_normal((n, k)).astype(np.float32)
+    return GGUF_BLOCK_TYPES[name].to_block_weight(random_gguf_stand_in(name, w, np.random.default_rng(5)), k)
+
+
+def _inits(w: BlockQuantWeight) -> list[onnx.TensorProto]:
+    return [numpy_helper.from_array(pack_codes(w.codes, w.bits, w.block_size), "B"),
+            numpy_helper.from_array(w.scales, "s"), numpy_helper.from_array(w.offsets, "o")]
+
+
+@pytest.mark.parametrize("name", sorted(GGUF_BLOCK_TYPES))
+def test_every_type_runs_through_body_and_lowering(name: str) -> None:
+    """Sub-blocks of 16 (Q2_K, Q3_K, Q6_K) and 32 through the ops' ONNX bodies and the native kernels."""
+    n, k = 40, 512
+    w = _weight(name, n, k)
+    op = {4: MatMulBlockQ4, 8: MatMulBlockQ8}[w.bits]
+    node = op.make_node(["A", "B", "s", "o"], ["Y"], "mm", K=k, N=n, block_size=w.block_size)
+    m = _model(node, [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, "S", k])], [1, "S", n], _inits(w),
+               op.op_type)
+    a = np.random.default_rng(6).standard_normal((1, 3, k)).astype(np.float32)
+    ref = a @ w.dequantize().T
+    tol = dict(rtol=0, atol=1e-5 * np.abs(ref).max())
+    np.testing.assert_allclose(_run(m, {"A": a}), ref, **tol)
+    for fast in (False, True):
+        lowered = lower(onnx.ModelProto.FromString(m.SerializeToString()), "CPUExecutionProvider", fast=fast)
+        assert not any(nd.domain == "edgekit" for nd in lowered.graph.node)
+        fast_tol = dict(rtol=0, atol=0.03 * np.abs(ref).max())
+        np.testing.assert_allclose(_run(lowered, {"A": a}), ref, **(fast_tol if fast else tol))
+
+    gather = {4: GatherBlockQ4, 8: GatherBlockQ8}[w.bits]
+    ids = np.array([[5, 0, 39, 5]], np.int64)
+    node = gather.make_node(["B", "s", "o", "ids"], ["Y"], "g", K=k, block_size=w.block_size)
+    m = _model(node, [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "S"])], [1, "S", k], _inits(w),
+               gather.op_type)
+    np.testing.assert_array_equal(_run(m, {"ids": ids}), w.dequantize()[ids])
+
+
+@pytest.mark.parametrize("name,zero_point", [("Q3_K", 4), ("Q5_0", 16), ("Q6_K", 32)])
+def test_integer_offsets_lower_to_zero_points(name: str, zero_point: int) -> None:
+    """Offsets of -z·scale become MatMulNBits zero points (no extra offset term; 8-bit ones in fast mode)."""
+    w = _weight(name, 8, 256)
+    op = {4: MatMulBlockQ4, 8: MatMulBlockQ8}[w.bits]
+    node = op.make_node(["A", "B", "s", "o"], ["Y"], "mm", K=256, N=8, block_size=w.block_size)
+    m = _model(node, [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, "S", 256])], [1, "S", 8], _inits(w),
+               op.op_type)
+    lowered = lower(m, "CPUExecutionProvider", fast=True)
+    assert [nd.op_type for nd in lowered.graph.node] == ["MatMulNBits"]
+    zp = numpy_helper.to_array(next(t for t in lowered.graph.initializer if t.name == "B.zero_points"))
+    z = zp if w.bits == 8 else np.stack([zp & 0x0F, zp >> 4], axis=-1).reshape(8, -1)
+    assert (z[w.scales != 0] == zero_point).all()  # a block with scale 0 is all zeros whatever its zero point
 
 
 def test_row_size_not_multiple_of_block_is_refused() -> None:
     with pytest.raises(ValueError, match="not a multiple of Q4_1 block size"):
         GGUF_BLOCK_TYPES["Q4_1"].to_block_weight(np.zeros((2, 20), np.uint8), 40)
+    with pytest.raises(ValueError, match=r"not a multiple of Q4_K block size \(256\)"):
+        GGUF_BLOCK_TYPES["Q4_K"].to_block_weight(np.zeros((2, 144), np.uint8), 128)
 
 
 @pytest.mark.slow

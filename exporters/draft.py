@@ -1,0 +1,61 @@
+"""Draft models for speculative decoding: checking a given draft, or building one from the target.
+
+`--draft auto` keeps a subset of the target's own layers (first and last, evenly spaced between):
+no new weights, no training, and the draft shares the target's embedding and output layer so
+their distributions stay related. Its acceptance rate is measured, not assumed (edgekit bench).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from edgekit.errors import EdgekitError
+from edgekit.exporters.weights import Weight
+
+DEFAULT_KEEP_FRACTION = 1 / 3
+
+
+def check_same_tokenizer(target: Tokenizer, draft: Tokenizer, draft_src: str) -> None:
+    """A draft is usable only when every token id means the same text for both models."""
+    tv, dv = target.get_vocab(), draft.get_vocab()
+    if tv != dv:
+        differ = len(set(tv.items()) ^ set(dv.items()))
+        raise EdgekitError(f"draft tokenizer differs from the target's (vocab {len(dv)} vs {len(tv)} tokens, "
+                           f"{differ} token/id pairs differ)", draft_src)
+
+
+def kept_layers(num_layers: int, fraction: float = DEFAULT_KEEP_FRACTION) -> list[int]:
+    n = max(2, round(num_layers * fraction))
+    return sorted({int(round(x)) for x in np.linspace(0, num_layers - 1, n)})
+
+
+class LayerSubset:
+    """A source that exposes only some of another source's layers (renumbered from 0)."""
+
+    def __init__(self, source: object, layers: list[int]):
+        self.inner = source
+        self.layers = layers
+        self.path = source.path  # type: ignore[attr-defined]
+        self.kind = f"{source.kind}-layer-subset"  # type: ignore[attr-defined]
+        c = source.config  # type: ignore[attr-defined]
+        widths = None if c.layer_intermediate_sizes is None else tuple(c.layer_intermediate_sizes[i] for i in layers)
+        self.config = replace(c, num_layers=len(layers), layer_intermediate_sizes=widths)
+
+    def _inner_name(self, name: str) -> str:
+        if name.startswith("layers."):
+            _, i, rest = name.split(".", 2)
+            return f"layers.{self.layers[int(i)]}.{rest}"
+        return name
+
+    def has(self, name: str) -> bool:
+        return self.inner.has(self._inner_name(name))  # type: ignore[attr-defined]
+
+    def get(self, name: str) -> Weight:
+        return self.inner.get(self._inner_name(name))  # type: ignore[attr-defined]
+
+
+def layer_subset(source: object, fraction: float = DEFAULT_KEEP_FRACTION) -> LayerSubset:
+    return LayerSubset(source, kept_layers(source.config.num_layers, fraction))  # type: ignore[attr-defined]

@@ -1,0 +1,106 @@
+"""The decoding loop, plain or speculative: one loop, where plain decoding is a drafter that proposes nothing.
+
+Each step the target chooses a token from its logits; a drafter may propose up to k tokens to follow
+it; one forward pass over [token, *draft] returns the logits after each of them, and drafts are
+accepted left to right:
+- greedy: a draft token is accepted iff it is the target's argmax there, so the output is identical,
+  token for token, to plain greedy decoding;
+- sampling: a draft token d (drafts are deterministic: a point-mass proposal) is accepted with
+  probability p(d); on rejection the next token is drawn from p with d removed. The emitted tokens
+  then follow exactly the distribution of plain sampling.
+The KV cache is rolled back to the accepted prefix (free: see Decoder.rollback). The draft length
+adapts: it grows after a fully accepted draft and shrinks to what was accepted otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgekit.runtime.decoder import Decoder
+from edgekit.runtime.drafters import Drafter
+from edgekit.runtime.sampling import SamplingParams, choose_token, token_distribution
+
+MAX_DRAFT = 16
+
+
+@dataclass
+class DecodeStats:
+    """Counts for one generation: acceptance rate and mean accepted tokens per verify pass."""
+
+    target_passes: int = 0
+    drafted: int = 0
+    accepted: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def accepted_per_pass(self) -> float:
+        return self.accepted / self.target_passes if self.target_passes else 0.0
+
+
+class NoDrafter:
+    """Plain decoding."""
+
+    def start(self, prompt: list[int]) -> None:
+        pass
+
+    def propose(self, context: list[int], k: int) -> list[int]:
+        return []
+
+
+def _accepts(logits: np.ndarray, token: int, params: SamplingParams, rng: np.random.Generator) -> bool:
+    if params.greedy:
+        return int(np.argmax(logits)) == token
+    return bool(rng.random() < token_distribution(logits, params)[token])
+
+
+def decode(decoder: Decoder, prompt: list[int], *, max_new_tokens: int, params: SamplingParams,
+           rng: np.random.Generator, stops: set[int], drafter: Drafter | None = None, draft_len: int = 4,
+           stats: DecodeStats | None = None) -> Iterator[int]:
+    """New tokens after `prompt`, from a fresh cache; stops at a stop token or the length limit."""
+    if not 1 <= draft_len <= MAX_DRAFT:
+        raise ValueError(f"draft length must be in 1..{MAX_DRAFT}, got {draft_len}")
+    drafter = drafter or NoDrafter()
+    stats = stats if stats is not None else DecodeStats()
+    decoder.reset()
+    drafter.start(prompt)
+    context = list(prompt)
+    logits = decoder.forward(prompt)[-1]
+    stats.target_passes += 1
+    budget = min(max_new_tokens, decoder.max_length - len(prompt))
+    produced, k, excluded = 0, draft_len, None
+    while produced < budget:
+        token = choose_token(logits, params, rng, exclude=excluded)
+        if token in stops:
+            return
+        yield token
+        produced += 1
+        context.append(token)
+        if produced == budget:
+            return
+        draft = drafter.propose(context, min(k, budget - produced))
+        verified = decoder.forward([token, *draft], n_logits=len(draft) + 1)
+        stats.target_passes += 1
+        stats.drafted += len(draft)
+        accepted = 0
+        for i, d in enumerate(draft):
+            if not _accepts(verified[i], d, params, rng):
+                break
+            accepted += 1
+        stats.accepted += accepted
+        for d in draft[:accepted]:
+            if d in stops:
+                return
+            yield d
+        produced += accepted
+        context.extend(draft[:accepted])
+        decoder.rollback(len(context))
+        logits = verified[accepted]
+        excluded = draft[accepted] if accepted < len(draft) and not params.greedy else None
+        if draft:
+            k = min(k + 1, draft_len) if accepted == len(draft) else max(1, accepted + 1)

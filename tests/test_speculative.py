@@ -1,0 +1,142 @@
+"""Speculative decoding: greedy output identical to plain greedy for every drafter, sampling exact in
+distribution, rollback exact, and bad drafts refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgekit.cli import main
+from edgekit.errors import EdgekitError
+from edgekit.exporters.pipeline import export
+from edgekit.runtime import GenerationConfig, load
+from edgekit.runtime.decoding import decode
+from edgekit.runtime.drafters import ModelDrafter, NgramDrafter
+from edgekit.runtime.sampling import SamplingParams, token_distribution
+from factories import tiny_hf_model
+
+WORDS = ("the cat sat on the mat and the dog ran to the park while birds sang songs of spring "
+         "def add(a, b): return a + b  # add two numbers then print the result 1 2 3 4 5").split()
+
+
+def varied_prompts(n: int) -> list[str]:
+    rng = np.random.default_rng(0)
+    prompts = []
+    for i in range(n):
+        words = list(rng.choice(WORDS, size=int(rng.integers(3, 20))))
+        if i % 2:  # half the prompts repeat themselves, so prompt lookup finds matches
+            words = words + words[: len(words) // 2]
+        prompts.append(" ".join(words))
+    return prompts
+
+
+@pytest.fixture(scope="module")
+def spec_pkg(tmp_path_factory: pytest.TempPathFactory, tiny_hf: Path) -> Path:
+    """The tiny target with a different tiny model (same tokenizer) as its draft."""
+    root = tmp_path_factory.mktemp("spec")
+    draft_src = tiny_hf_model(root / "draft_src", seed=1, num_hidden_layers=1)
+    export(str(tiny_hf), root / "pkg", draft=str(draft_src))
+    return root / "pkg"
+
+
+@pytest.mark.parametrize("mode", ["ngram", "draft"])
+def test_greedy_speculative_equals_plain_greedy_on_50_prompts(spec_pkg: Path, mode: str) -> None:
+    model = load(spec_pkg, draft=True)
+    drafted = accepted = 0
+    for prompt in varied_prompts(50):
+        ids = model.encode(prompt)
+        plain = list(model.generate_ids(ids, GenerationConfig(max_new_tokens=24, stop_token_ids=())))
+        gen = GenerationConfig(24, stop_token_ids=(), speculative=mode, draft_len=5, draft_min_confidence=0.0)
+        spec = list(model.generate_ids(ids, gen))
+        assert spec == plain, prompt
+        drafted += model.last_stats.drafted
+        accepted += model.last_stats.accepted
+    assert drafted > 0 and 0 < accepted  # drafts were proposed and some were accepted: the test exercised them
+
+
+def test_speculative_saves_target_passes_when_output_repeats(spec_pkg: Path) -> None:
+    model = load(spec_pkg)
+    ids = model.encode("one two three four five six seven eight nine ten " * 4)
+    list(model.generate_ids(ids, GenerationConfig(48, stop_token_ids=(), speculative="ngram", draft_len=8)))
+    stats = model.last_stats
+    if stats.accepted:  # the tiny random model may or may not continue the pattern; when it does, passes drop
+        assert stats.target_passes < 48
+
+
+def test_speculative_sampling_matches_plain_sampling_distribution(tiny_gguf_pkg: Path) -> None:
+    """Joint distribution of the first two sampled tokens (top-k 4: 16 outcomes), computed exactly from the
+    model, against 1500 speculative samples whose drafts are the argmax (accepted often, rejected often)."""
+    target, draft = load(tiny_gguf_pkg), load(tiny_gguf_pkg)
+    params = SamplingParams(temperature=1.0, top_k=4)
+    prompt = target.encode("Hello there, my friend")
+    p1 = token_distribution(target.logits(prompt)[-1], params)
+    exact: dict[tuple[int, int], float] = {}
+    for t1 in np.flatnonzero(p1):
+        p2 = token_distribution(target.logits(prompt + [int(t1)])[-1], params)
+        for t2 in np.flatnonzero(p2):
+            exact[(int(t1), int(t2))] = p1[t1] * p2[t2]
+    rng = np.random.default_rng(1)
+    drafter = ModelDrafter(draft.decoder, min_confidence=0.0)
+    counts: dict[tuple[int, int], int] = {}
+    drafted = accepted = 0
+    n = 1500
+    from edgekit.runtime.decoding import DecodeStats
+
+    for _ in range(n):
+        stats = DecodeStats()
+        out = tuple(decode(target.decoder, prompt, max_new_tokens=2, params=params, rng=rng, stops=set(),
+                           drafter=drafter, draft_len=2, stats=stats))
+        counts[out] = counts.get(out, 0) + 1  # type: ignore[index]
+        drafted, accepted = drafted + stats.drafted, accepted + stats.accepted
+    assert 0.2 < accepted / drafted < 0.95  # both acceptance and rejection paths were exercised
+    tv = 0.5 * sum(abs(counts.get(k, 0) / n - p) for k, p in exact.items())
+    tv += 0.5 * sum(c / n for k, c in counts.items() if k not in exact)
+    assert tv < 0.06, (tv, counts, exact)
+
+
+def test_ngram_drafter_proposes_what_followed_the_last_match() -> None:
+    d = NgramDrafter(max_ngram=2)
+    d.start([])
+    assert d.propose([1, 2, 3, 4, 1, 2], 3) == [3, 4, 1]
+    assert d.propose([7, 8, 9], 2) == []
+
+
+def test_draft_with_another_vocabulary_is_refused(tmp_path: Path, tiny_hf: Path) -> None:
+    other = Path(shutil.copytree(tiny_hf, tmp_path / "other"))
+    tok = json.loads((other / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    vocab["Ġthe"], vocab["Ġcat"] = vocab["Ġcat"], vocab["Ġthe"]  # same tokens, other ids
+    (other / "tokenizer.json").write_text(json.dumps(tok))
+    result = CliRunner().invoke(main, ["export", str(tiny_hf), "-o", str(tmp_path / "pkg"), "--draft", str(other)])
+    assert result.exit_code == 2
+    assert "draft tokenizer differs" in result.stderr and "other" in result.stderr
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_draft_length_out_of_range_is_refused(tiny_gguf_pkg: Path) -> None:
+    model = load(tiny_gguf_pkg)
+    with pytest.raises(ValueError, match="draft length"):
+        list(model.generate_ids([1, 2, 3], GenerationConfig(8, speculative="ngram", draft_len=0)))
+
+
+def test_missing_or_tampered_draft_is_refused(tmp_path: Path, spec_pkg: Path) -> None:
+    pkg = Path(shutil.copytree(spec_pkg, tmp_path / "pkg"))
+    data = pkg / "draft" / "model.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[100] ^= 1
+    data.write_bytes(bytes(raw))
+    with pytest.raises(EdgekitError, match="hash mismatch"):
+        load(pkg, draft=True)
+    data.unlink()
+    with pytest.raises(EdgekitError, match="missing"):
+        load(pkg, draft=True)
+
+
+def test_draft_mode_needs_a_draft(tiny_gguf_pkg: Path) -> None:
+    with pytest.raises(EdgekitError, match="no draft model"):
+        load(tiny_gguf_pkg, draft=True)
