@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
 from edgekit.errors import EdgekitError
 from edgekit.model_config import ModelConfig
@@ -25,6 +26,28 @@ class SessionSettings:
     spinning: bool = True  # turn off when several sessions take turns on few cores
 
 
+def _hand_over_initializers(model: onnx.ModelProto, so: ort.SessionOptions) -> list[np.ndarray]:
+    """Move large initializers out of the protobuf into OrtValues given to the session directly.
+
+    Serializing the model with its weights would hold a second full copy in memory at load time (and
+    stop at protobuf's 2 GB limit). The returned arrays back the OrtValues and must outlive the session."""
+    names, values, arrays = [], [], []
+    for t in model.graph.initializer:
+        if t.HasField("raw_data") and len(t.raw_data) >= 1024:
+            a = numpy_helper.to_array(t)
+            t.ClearField("raw_data")
+            t.data_location = onnx.TensorProto.EXTERNAL
+            del t.external_data[:]
+            for key, value in (("location", "edgekit-in-memory"), ("offset", "0"), ("length", str(a.nbytes))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
+            names.append(t.name)
+            values.append(ort.OrtValue.ortvalue_from_numpy(a))
+            arrays.append(a)
+    so.add_external_initializers(names, values)
+    return arrays
+
+
 def make_session(model: onnx.ModelProto, settings: SessionSettings) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -32,7 +55,10 @@ def make_session(model: onnx.ModelProto, settings: SessionSettings) -> ort.Infer
         so.intra_op_num_threads = settings.threads
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.spinning else "0")
     so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=[settings.provider])
+    arrays = _hand_over_initializers(model, so)
+    session = ort.InferenceSession(model.SerializeToString(), so, providers=[settings.provider])
+    session.edgekit_weights = arrays  # type: ignore[attr-defined]  # keeps the OrtValues' memory alive
+    return session
 
 
 class Decoder:
