@@ -16,7 +16,7 @@ import numpy as np
 
 from edgekit.formats import BlockQuantWeight
 
-GGUF_BLOCK_TYPES: dict[str, type["GGUFBlockType"]] = {}
+GGUF_BLOCK_TYPES: dict[str, type[GGUFBlockType]] = {}
 QK_K = 256  # elements in a K-quant super-block
 
 

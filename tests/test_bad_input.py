@@ -54,9 +54,9 @@ def test_unsupported_architecture(tmp_path: Path, tiny_hf: Path) -> None:
 
 
 def test_unsupported_quant_type(tmp_path: Path, tiny_hf: Path) -> None:
-    src = tiny_gguf(tmp_path / "q5.gguf", tiny_hf, linear_type="Q5_0")
-    _fails(["export", str(src), "-o", str(tmp_path / "out")], "q5.gguf", "blk.0.attn_q.weight",
-           "unsupported quantization type Q5_0")
+    src = tiny_gguf(tmp_path / "iq4.gguf", tiny_hf, linear_type="IQ4_NL")  # a non-linear codebook: no block-affine form
+    _fails(["export", str(src), "-o", str(tmp_path / "out")], "iq4.gguf", "blk.0.attn_q.weight",
+           "unsupported quantization type IQ4_NL")
     _no_partial_output(tmp_path)
 
 

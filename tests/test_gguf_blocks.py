@@ -16,8 +16,6 @@ from edgekit.runtime.lowering import lower
 from factories import GGUF_NUMPY_QUANTIZERS, SMOLLM2_GGUF, encode_q6_k, random_gguf_blocks, random_gguf_stand_in
 from test_ops import _model, _run
 
-K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
-
 
 def _dequantize(raw: np.ndarray, name: str) -> np.ndarray:
     return gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[name])
@@ -66,24 +64,28 @@ def _inits(w: BlockQuantWeight) -> list[onnx.TensorProto]:
             numpy_helper.from_array(w.scales, "s"), numpy_helper.from_array(w.offsets, "o")]
 
 
+def _matmul_model(w: BlockQuantWeight) -> onnx.ModelProto:
+    """Y = A · Wᵀ as one MatMulBlockQ4/Q8 node of w's bits and block size."""
+    n, k = w.shape
+    op = {4: MatMulBlockQ4, 8: MatMulBlockQ8}[w.bits]
+    node = op.make_node(["A", "B", "s", "o"], ["Y"], "mm", K=k, N=n, block_size=w.block_size)
+    return _model(node, [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, "S", k])], [1, "S", n], _inits(w),
+                  op.op_type)
+
+
 @pytest.mark.parametrize("name", sorted(GGUF_BLOCK_TYPES))
 def test_every_type_runs_through_body_and_lowering(name: str) -> None:
     """Sub-blocks of 16 (Q2_K, Q3_K, Q6_K) and 32 through the ops' ONNX bodies and the native kernels."""
-    n, k = 40, 512
-    w = _weight(name, n, k)
-    op = {4: MatMulBlockQ4, 8: MatMulBlockQ8}[w.bits]
-    node = op.make_node(["A", "B", "s", "o"], ["Y"], "mm", K=k, N=n, block_size=w.block_size)
-    m = _model(node, [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, "S", k])], [1, "S", n], _inits(w),
-               op.op_type)
+    k = 512
+    w = _weight(name, 40, k)
+    m = _matmul_model(w)
     a = np.random.default_rng(6).standard_normal((1, 3, k)).astype(np.float32)
     ref = a @ w.dequantize().T
-    tol = dict(rtol=0, atol=1e-5 * np.abs(ref).max())
-    np.testing.assert_allclose(_run(m, {"A": a}), ref, **tol)
-    for fast in (False, True):
+    np.testing.assert_allclose(_run(m, {"A": a}), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    for fast, atol in ((False, 1e-5), (True, 0.03)):  # fast: int8 activations, close but not exact
         lowered = lower(onnx.ModelProto.FromString(m.SerializeToString()), "CPUExecutionProvider", fast=fast)
         assert not any(nd.domain == "edgekit" for nd in lowered.graph.node)
-        fast_tol = dict(rtol=0, atol=0.03 * np.abs(ref).max())
-        np.testing.assert_allclose(_run(lowered, {"A": a}), ref, **(fast_tol if fast else tol))
+        np.testing.assert_allclose(_run(lowered, {"A": a}), ref, rtol=0, atol=atol * np.abs(ref).max())
 
     gather = {4: GatherBlockQ4, 8: GatherBlockQ8}[w.bits]
     ids = np.array([[5, 0, 39, 5]], np.int64)
@@ -97,13 +99,10 @@ def test_every_type_runs_through_body_and_lowering(name: str) -> None:
 def test_integer_offsets_lower_to_zero_points(name: str, zero_point: int) -> None:
     """Offsets of -z·scale become MatMulNBits zero points (no extra offset term; 8-bit ones in fast mode)."""
     w = _weight(name, 8, 256)
-    op = {4: MatMulBlockQ4, 8: MatMulBlockQ8}[w.bits]
-    node = op.make_node(["A", "B", "s", "o"], ["Y"], "mm", K=256, N=8, block_size=w.block_size)
-    m = _model(node, [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, "S", 256])], [1, "S", 8], _inits(w),
-               op.op_type)
-    lowered = lower(m, "CPUExecutionProvider", fast=True)
-    assert [nd.op_type for nd in lowered.graph.node] == ["MatMulNBits"]
-    zp = numpy_helper.to_array(next(t for t in lowered.graph.initializer if t.name == "B.zero_points"))
+    lowered = lower(_matmul_model(w), "CPUExecutionProvider", fast=True)
+    (node,) = lowered.graph.node
+    assert node.op_type == "MatMulNBits"
+    zp = numpy_helper.to_array(next(t for t in lowered.graph.initializer if t.name == node.input[3]))
     z = zp if w.bits == 8 else np.stack([zp & 0x0F, zp >> 4], axis=-1).reshape(8, -1)
     assert (z[w.scales != 0] == zero_point).all()  # a block with scale 0 is all zeros whatever its zero point
 
