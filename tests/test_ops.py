@@ -10,7 +10,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.formats import BlockQuantWeight, pack_codes, unpack_codes
-from edgekit.ops import OPSET_IMPORTS, GatherBlockQ4, GatherBlockQ8, MatMulBlockQ4, MatMulBlockQ8, function_protos
+from edgekit.ops import (OPSET_IMPORTS, GatherBlockQ4, GatherBlockQ8, MatMulBlockQ2, MatMulBlockQ3, MatMulBlockQ4,
+                         MatMulBlockQ8, function_protos)
 from edgekit.runtime.lowering import lower
 
 RNG = np.random.default_rng(0)
@@ -25,7 +26,7 @@ def _weight(bits: int, offsets: str = "free") -> BlockQuantWeight:
     return BlockQuantWeight(codes, scales, off.astype(np.float32), bits, BLOCK, "test")
 
 
-@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_pack_unpack_round_trip(bits: int) -> None:
     codes = RNG.integers(0, 2**bits, (N, K)).astype(np.uint8)
     packed = pack_codes(codes, bits, BLOCK)
@@ -36,6 +37,17 @@ def test_pack_unpack_round_trip(bits: int) -> None:
 def test_pack_layout_is_low_nibble_first() -> None:
     codes = np.tile(np.array([[1, 2]], np.uint8), (1, 16))
     assert pack_codes(codes, 4, 32)[0, 0, 0] == 0x21
+
+
+def test_pack_layout_2_bit_is_low_bits_first() -> None:
+    codes = np.tile(np.array([[1, 2, 3, 0]], np.uint8), (1, 8))
+    assert pack_codes(codes, 2, 32)[0, 0, 0] == 0b00_11_10_01
+
+
+def test_pack_layout_3_bit_is_8_codes_in_3_little_endian_bytes() -> None:
+    codes = np.tile(np.arange(8, dtype=np.uint8)[None], (1, 4))
+    word = sum(int(c) << (3 * i) for i, c in enumerate(range(8)))
+    assert list(pack_codes(codes, 3, 32)[0, 0, :3]) == [word & 0xFF, (word >> 8) & 0xFF, word >> 16]
 
 
 def _model(node: onnx.NodeProto, inputs: list, output_shape: list, inits: list, op_type: str) -> onnx.ModelProto:
@@ -61,8 +73,8 @@ def _matmul_model(op: type, w: BlockQuantWeight) -> onnx.ModelProto:
                   op.op_type)
 
 
-@pytest.mark.parametrize("op,offsets", [(MatMulBlockQ4, "free"), (MatMulBlockQ4, "zero_point"),
-                                        (MatMulBlockQ8, "free"), (MatMulBlockQ8, "zero_point")])
+@pytest.mark.parametrize("op", [MatMulBlockQ2, MatMulBlockQ3, MatMulBlockQ4, MatMulBlockQ8])
+@pytest.mark.parametrize("offsets", ["free", "zero_point"])
 def test_matmul_reference_body_and_lowering_agree(op: type, offsets: str) -> None:
     w = _weight(op.bits, offsets)
     a = RNG.standard_normal((1, 3, K)).astype(np.float32)

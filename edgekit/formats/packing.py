@@ -2,37 +2,57 @@
 
 MatMulNBits takes B as uint8 [N, K / block, block * bits / 8] with codes packed low bits first
 along K. edgekit's ops store codes in exactly this layout so that lowering to the native kernel
-moves no weight bytes.
+moves no weight bytes (2, 4 and 8 bits).
+
+One rule packs every width: a group of lcm(bits, 8) bits holds `lcm / bits` codes, code i in bits
+[i·bits, (i+1)·bits) of a little-endian word of `lcm / 8` bytes. For 2, 4 and 8 bits that word is one
+byte (4, 2 or 1 codes per byte, low bits first: MatMulNBits' layout). For 3 bits it is 3 bytes
+holding 8 codes: byte 0 = c0 | c1 << 3 | (c2 & 3) << 6, byte 1 = c2 >> 2 | c3 << 1 | c4 << 4 |
+(c5 & 1) << 7, byte 2 = c5 >> 1 | c6 << 2 | c7 << 5. MatMulNBits has no 3-bit kernel; 3-bit codes stay
+dense on disk and are repacked to 4 bits at load time (edgekit.runtime.lowering).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-PACKABLE_BITS = (4, 8)
+PACKABLE_BITS = (2, 3, 4, 8)
+
+
+def code_group(bits: int) -> tuple[int, int]:
+    """(codes, bytes) of one packing group: (4, 1) for 2 bits, (8, 3) for 3, (2, 1) for 4, (1, 1) for 8."""
+    if bits not in PACKABLE_BITS:
+        raise ValueError(f"cannot pack {bits}-bit codes (supported: {PACKABLE_BITS})")
+    group_bits = math.lcm(bits, 8)
+    return group_bits // bits, group_bits // 8
+
+
+def _word_type(n_bytes: int) -> type[np.unsignedinteger]:
+    return np.uint8 if n_bytes == 1 else np.uint32
 
 
 def pack_codes(codes: np.ndarray, bits: int, block_size: int) -> np.ndarray:
-    """uint8 codes [N, K] -> packed uint8 [N, K // block_size, block_size * bits // 8]."""
+    """uint8 codes [N, K] (< 2**bits) -> packed uint8 [N, K // block_size, block_size * bits // 8]."""
     n, k = codes.shape
-    if bits not in PACKABLE_BITS:
-        raise ValueError(f"cannot pack {bits}-bit codes (supported: {PACKABLE_BITS})")
+    per, n_bytes = code_group(bits)
     if k % block_size:
         raise ValueError(f"row size ({k}) is not a multiple of the block size ({block_size})")
-    if bits == 8:
-        return np.ascontiguousarray(codes.reshape(n, k // block_size, block_size).astype(np.uint8))
-    pairs = codes.astype(np.uint8).reshape(n, k // 2, 2)
-    packed = pairs[:, :, 0] | (pairs[:, :, 1] << 4)
-    return np.ascontiguousarray(packed.reshape(n, k // block_size, block_size // 2))
+    if block_size % per:
+        raise ValueError(f"{bits}-bit codes pack {per} to a group: block size {block_size} is not a multiple of {per}")
+    word = _word_type(n_bytes)
+    groups = codes.astype(word).reshape(n, k // per, per)
+    words = np.bitwise_or.reduce(groups << (bits * np.arange(per, dtype=word)), axis=-1)
+    packed = (words[..., None] >> (8 * np.arange(n_bytes, dtype=word))) & word(0xFF)
+    return np.ascontiguousarray(packed.astype(np.uint8).reshape(n, k // block_size, block_size * bits // 8))
 
 
 def unpack_codes(packed: np.ndarray, bits: int) -> np.ndarray:
     """Packed uint8 [..., blocks, bytes] -> codes uint8 [..., blocks * block_size] (inverse of pack_codes)."""
-    if bits == 8:
-        return packed.reshape(*packed.shape[:-2], -1)
-    if bits != 4:
-        raise ValueError(f"cannot unpack {bits}-bit codes (supported: {PACKABLE_BITS})")
-    lo = packed & 0x0F
-    hi = packed >> 4
-    codes = np.stack([lo, hi], axis=-1)
-    return codes.reshape(*packed.shape[:-2], -1)
+    per, n_bytes = code_group(bits)
+    word = _word_type(n_bytes)
+    groups = packed.reshape(*packed.shape[:-1], -1, n_bytes).astype(word)
+    words = np.bitwise_or.reduce(groups << (8 * np.arange(n_bytes, dtype=word)), axis=-1)
+    codes = (words[..., None] >> (bits * np.arange(per, dtype=word))) & word(2**bits - 1)
+    return codes.astype(np.uint8).reshape(*packed.shape[:-2], -1)

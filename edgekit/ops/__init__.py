@@ -8,7 +8,7 @@ with native kernels at load time (see edgekit.runtime.lowering).
 
 from edgekit.ops.base import DOMAIN, OPS, OPSET_IMPORTS, EdgekitOp, function_protos
 from edgekit.ops.gather_block_quant import GatherBlockQ4, GatherBlockQ8
-from edgekit.ops.matmul_block_quant import MatMulBlockQ4, MatMulBlockQ8
+from edgekit.ops.matmul_block_quant import MatMulBlockQ2, MatMulBlockQ3, MatMulBlockQ4, MatMulBlockQ8
 
 __all__ = [
     "DOMAIN",
@@ -18,6 +18,8 @@ __all__ = [
     "function_protos",
     "GatherBlockQ4",
     "GatherBlockQ8",
+    "MatMulBlockQ2",
+    "MatMulBlockQ3",
     "MatMulBlockQ4",
     "MatMulBlockQ8",
 ]

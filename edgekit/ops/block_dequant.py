@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.formats.packing import unpack_codes
+from edgekit.formats.packing import code_group, unpack_codes
 
 
 def dequantize_blocks(packed: np.ndarray, scales: np.ndarray, offsets: np.ndarray, bits: int) -> np.ndarray:
@@ -31,21 +31,7 @@ def dequant_nodes(bits: int, packed: str, scales: str, offsets: str, out: str) -
         const_node("shape_rows_blocks", np.array([0, 0, -1], dtype=np.int64)),
         const_node("shape_rows", np.array([0, -1], dtype=np.int64)),
     ]
-    if bits == 4:
-        nodes += [
-            const_node("low_mask", np.array(15, dtype=np.uint8)),
-            const_node("four", np.array(4, dtype=np.uint8)),
-            helper.make_node("BitwiseAnd", [packed, "low_mask"], ["low"]),
-            helper.make_node("BitShift", [packed, "four"], ["high"], direction="RIGHT"),
-            helper.make_node("Unsqueeze", ["low", "axis_last"], ["low_u"]),
-            helper.make_node("Unsqueeze", ["high", "axis_last"], ["high_u"]),
-            helper.make_node("Concat", ["low_u", "high_u"], ["pairs"], axis=-1),
-            helper.make_node("Reshape", ["pairs", "shape_rows_blocks"], ["codes"]),
-        ]
-    elif bits == 8:
-        nodes.append(helper.make_node("Identity", [packed], ["codes"]))
-    else:
-        raise ValueError(f"no function body for {bits}-bit codes")
+    nodes += unpack_nodes(bits, packed, "codes")
     nodes += [
         helper.make_node("Cast", ["codes"], ["codes_f"], to=TensorProto.FLOAT),
         helper.make_node("Cast", [scales], ["scales_f"], to=TensorProto.FLOAT),
@@ -57,3 +43,39 @@ def dequant_nodes(bits: int, packed: str, scales: str, offsets: str, out: str) -
         helper.make_node("Reshape", ["w_blocks", "shape_rows"], [out]),
     ]
     return nodes
+
+
+def unpack_nodes(bits: int, packed: str, out: str) -> list[onnx.NodeProto]:
+    """Nodes unpacking B [R, nb, bytes] into codes [R, nb, block] named `out` (edgekit.formats.packing's rule).
+
+    Bytes are grouped into little-endian words (1 byte for 2/4/8 bits, 3 bytes for 3 bits, assembled in
+    uint32: BitShift has no signed types and ReduceSum no unsigned ones, hence the int32 detour), then each
+    word is shifted right by i·bits for its codes and masked. Written for correctness, not speed.
+    Part of dequant_nodes: reads its constants `axis_last` and `shape_rows_blocks`.
+    """
+    per, n_bytes = code_group(bits)
+    if per == 1:
+        return [helper.make_node("Identity", [packed], [out])]
+    word = np.uint8 if n_bytes == 1 else np.uint32
+    nodes = [
+        const_node("group_shape", np.array([0, 0, -1, n_bytes], dtype=np.int64)),
+        const_node("code_shifts", (bits * np.arange(per)).astype(word)),
+        const_node("code_mask", np.array(2**bits - 1, dtype=word)),
+        helper.make_node("Reshape", [packed, "group_shape"], ["byte_groups"]),
+    ]
+    if n_bytes == 1:
+        nodes.append(helper.make_node("Identity", ["byte_groups"], ["words"]))
+    else:
+        nodes += [
+            const_node("byte_shifts", (8 * np.arange(n_bytes)).astype(np.uint32)),
+            helper.make_node("Cast", ["byte_groups"], ["byte_groups_u32"], to=TensorProto.UINT32),
+            helper.make_node("BitShift", ["byte_groups_u32", "byte_shifts"], ["byte_parts"], direction="LEFT"),
+            helper.make_node("Cast", ["byte_parts"], ["byte_parts_i32"], to=TensorProto.INT32),
+            helper.make_node("ReduceSum", ["byte_parts_i32", "axis_last"], ["words_i32"], keepdims=1),
+            helper.make_node("Cast", ["words_i32"], ["words"], to=TensorProto.UINT32),
+        ]
+    return nodes + [
+        helper.make_node("BitShift", ["words", "code_shifts"], ["shifted"], direction="RIGHT"),
+        helper.make_node("BitwiseAnd", ["shifted", "code_mask"], ["group_codes"]),
+        helper.make_node("Reshape", ["group_codes", "shape_rows_blocks"], [out]),
+    ]

@@ -1,4 +1,4 @@
-"""MatMulBlockQ4 / MatMulBlockQ8: Y = A · Wᵀ with W block-quantized (see docs/ops.md).
+"""MatMulBlockQ2 / Q3 / Q4 / Q8: Y = A · Wᵀ with W block-quantized (see docs/ops.md).
 
 Inputs: A float32 [..., K]; B uint8 [N, K/block, block*bits/8]; scales, offsets float16|float32 [N, K/block].
 Attributes: K, N, block_size. Output: Y float32 [..., N].
@@ -43,3 +43,17 @@ class MatMulBlockQ4(_MatMulBlockQuant):
 class MatMulBlockQ8(_MatMulBlockQuant):
     op_type = "MatMulBlockQ8"
     bits = 8
+
+
+class MatMulBlockQ2(_MatMulBlockQuant):
+    """2-bit codes, four per byte (MatMulNBits' 2-bit layout)."""
+
+    op_type = "MatMulBlockQ2"
+    bits = 2
+
+
+class MatMulBlockQ3(_MatMulBlockQuant):
+    """3-bit codes, eight in three bytes (no native kernel: lowered through 4-bit codes repacked at load)."""
+
+    op_type = "MatMulBlockQ3"
+    bits = 3
