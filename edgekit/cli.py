@@ -48,10 +48,14 @@ def export(src: str, out: str, draft: str | None) -> None:
     click.echo(f"wrote {out}: {describe(manifest)}")
 
 
-def _load(pkg: str, device: str, fast: bool, max_length: int | None = None, threads: int = 0) -> Any:
+SPECULATIVE = click.Choice(["ngram", "draft"])
+
+
+def _load(pkg: str, device: str, fast: bool, max_length: int | None = None, threads: int = 0,
+          draft: bool = False) -> Any:
     from edgekit.runtime import load
 
-    return load(pkg, device=device, fast=fast, max_length=max_length, threads=threads)
+    return load(pkg, device=device, fast=fast, max_length=max_length, threads=threads, draft=draft)
 
 
 @main.command()
@@ -66,15 +70,20 @@ def _load(pkg: str, device: str, fast: bool, max_length: int | None = None, thre
 @click.option("--device", type=DEVICES, default="cpu", show_default=True)
 @click.option("--fast", is_flag=True, help="int8 activations: faster, not exact (opt-in).")
 @click.option("--max-length", type=click.IntRange(2), default=None, help="KV cache length (tokens).")
+@click.option("--speculative", type=SPECULATIVE, default=None,
+              help="Draft with prompt lookup (ngram) or the package's draft model; output as without.")
+@click.option("--draft-len", type=click.IntRange(1, 16), default=4, show_default=True, help="Most drafted tokens.")
 @_one_line_errors
 def run(pkg: str, prompt: str, chat: bool, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
-        seed: int | None, device: str, fast: bool, max_length: int | None) -> None:
+        seed: int | None, device: str, fast: bool, max_length: int | None, speculative: str | None,
+        draft_len: int) -> None:
     """Generate from PKG, streaming text to the terminal."""
     from edgekit.runtime import GenerationConfig
     from edgekit.runtime.sampling import SamplingParams
 
-    model = _load(pkg, device, fast, max_length)
-    gen = GenerationConfig(max_new_tokens, SamplingParams(temperature, top_k, top_p), seed)
+    model = _load(pkg, device, fast, max_length, draft=speculative == "draft")
+    gen = GenerationConfig(max_new_tokens, SamplingParams(temperature, top_k, top_p), seed,
+                           speculative=speculative, draft_len=draft_len)
     for piece in model.stream(prompt, chat=chat, gen=gen):
         click.echo(piece, nl=False)
         sys.stdout.flush()
@@ -122,10 +131,14 @@ def validate(pkg: str, reference_src: str, device: str, tokens: int, text_file: 
 @click.option("--max-ttft-ms", type=float, default=None, help="Budget: fail if any TTFT is above.")
 @click.option("--min-tokens-per-s", type=float, default=None, help="Budget: fail if decode is slower.")
 @click.option("--max-rss-mb", type=float, default=None, help="Budget: fail if peak memory is above.")
+@click.option("--speculative", type=SPECULATIVE, default=None,
+              help="Also measure speculative decoding (acceptance, speedup over plain in the same run).")
+@click.option("--draft-len", type=click.IntRange(1, 16), default=4, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_one_line_errors
 def bench(pkg: str, prompt_lengths: str, new_tokens: int, rounds: int, device: str, threads: int, fast: bool,
-          max_ttft_ms: float | None, min_tokens_per_s: float | None, max_rss_mb: float | None, as_json: bool) -> None:
+          max_ttft_ms: float | None, min_tokens_per_s: float | None, max_rss_mb: float | None,
+          speculative: str | None, draft_len: int, as_json: bool) -> None:
     """Measure PKG's latency on this device; exit 1 when a budget is missed."""
     from edgekit.runtime.bench import check_budgets, run_bench
 
@@ -133,7 +146,7 @@ def bench(pkg: str, prompt_lengths: str, new_tokens: int, rounds: int, device: s
         lengths = tuple(int(x) for x in prompt_lengths.split(","))
     except ValueError:
         raise EdgekitError(f"--prompt-lengths must be comma-separated integers, got {prompt_lengths!r}") from None
-    report = run_bench(pkg, lengths, new_tokens, rounds, device, fast, threads)
+    report = run_bench(pkg, lengths, new_tokens, rounds, device, fast, threads, speculative, draft_len)
     check_budgets(report, max_ttft_ms, min_tokens_per_s, max_rss_mb)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
     if report.budget_failures:

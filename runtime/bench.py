@@ -31,6 +31,7 @@ class BenchReport:
     new_tokens: int
     peak_rss_mb: float
     size_on_disk_mb: float
+    speculative: dict[str, object] | None = None  # mode, tokens/s, speedup over plain, acceptance
     budget_failures: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
@@ -49,6 +50,14 @@ class BenchReport:
              + " ms"),
             ("peak RSS", f"{self.peak_rss_mb:.0f} MB"),
             ("size on disk", f"{self.size_on_disk_mb:.1f} MB"),
+        ]
+        if self.speculative:
+            sp = self.speculative
+            rows.append((f"speculative ({sp['mode']}, k={sp['draft_len']})",
+                         f"{sp['decode_tokens_per_s']:.1f} tokens/s, {sp['speedup']:.2f}x plain, acceptance "
+                         f"{sp['acceptance_rate']:.0%}, {sp['accepted_per_pass']:.2f} accepted/pass, "
+                         f"output {'identical' if sp['identical_output'] else 'DIFFERENT'}"))
+        rows += [
             ("budgets", "all met" if not self.budget_failures else "MISSED: " + "; ".join(self.budget_failures)),
         ]
         w = max(len(k) for k, _ in rows)
@@ -73,28 +82,53 @@ def time_to_first_token(model: Model, ids: list[int]) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def decode_latencies(model: Model, ids: list[int], new_tokens: int) -> list[float]:
-    """Seconds between consecutive tokens after the first (the first carries the prompt)."""
-    stamps = [time.perf_counter() for _ in model.generate_ids(ids, GenerationConfig(new_tokens, stop_token_ids=()))]
-    return list(np.diff(stamps))
+def decode_latencies(model: Model, ids: list[int], gen: GenerationConfig) -> tuple[list[float], list[int]]:
+    """Seconds between consecutive tokens after the first (the first carries the prompt), and the tokens."""
+    tokens, stamps = [], []
+    for t in model.generate_ids(ids, gen):
+        stamps.append(time.perf_counter())
+        tokens.append(t)
+    return list(np.diff(stamps)), tokens
+
+
+def _median_rate(per_round: list[list[float]]) -> float:
+    """Tokens/s of the median round (by total time)."""
+    lat = sorted(per_round, key=sum)[len(per_round) // 2]
+    return len(lat) / sum(lat)
+
+
+def speculative_summary(model: Model, ids: list[int], plain_tokens: list[int], plain_rate: float, mode: str,
+                        draft_len: int, new_tokens: int, rounds: int) -> dict[str, object]:
+    gen = GenerationConfig(new_tokens, stop_token_ids=(), speculative=mode, draft_len=draft_len)
+    runs = [decode_latencies(model, ids, gen) for _ in range(rounds)]
+    rate = _median_rate([lat for lat, _ in runs])
+    stats = model.last_stats
+    return {"mode": mode, "draft_len": draft_len, "decode_tokens_per_s": rate, "speedup": rate / plain_rate,
+            "acceptance_rate": stats.acceptance_rate, "accepted_per_pass": stats.accepted_per_pass,
+            "identical_output": runs[-1][1] == plain_tokens}
 
 
 def run_bench(path: str | Path, prompt_lengths: tuple[int, ...] = (16, 128, 512), new_tokens: int = 64,
-              rounds: int = 3, device: str = "cpu", fast: bool = False, threads: int = 0) -> BenchReport:
+              rounds: int = 3, device: str = "cpu", fast: bool = False, threads: int = 0,
+              speculative: str | None = None, draft_len: int = 4) -> BenchReport:
     t0 = time.perf_counter()
-    model = Model(path, device=device, fast=fast, threads=threads, max_length=max(prompt_lengths) + new_tokens + 1)
+    model = Model(path, device=device, fast=fast, threads=threads, max_length=max(prompt_lengths) + new_tokens + 1,
+                  draft=speculative == "draft")
     load_s = time.perf_counter() - t0
     time_to_first_token(model, _prompt_ids(model, 8))  # warm-up: first runs allocate
     ttft = {n: statistics.median(time_to_first_token(model, _prompt_ids(model, n)) for _ in range(rounds))
             for n in prompt_lengths}
     decode_ids = _prompt_ids(model, min(128, max(prompt_lengths)))
-    per_round = [decode_latencies(model, decode_ids, new_tokens) for _ in range(rounds)]
-    median_round = sorted(per_round, key=lambda lat: sum(lat))[len(per_round) // 2]
+    runs = [decode_latencies(model, decode_ids, GenerationConfig(new_tokens, stop_token_ids=())) for _ in range(rounds)]
+    per_round = [lat for lat, _ in runs]
+    rate = _median_rate(per_round)
+    spec = speculative and speculative_summary(model, decode_ids, runs[-1][1], rate, speculative, draft_len,
+                                               new_tokens, rounds)
     all_lat = np.array([x for lat in per_round for x in lat]) * 1e3
     size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
     return BenchReport(
         device=model.provider, mode="fast (int8 activations)" if fast else "exact", threads=threads,
-        load_s=load_s, ttft_ms=ttft, decode_tokens_per_s=len(median_round) / sum(median_round),
+        load_s=load_s, ttft_ms=ttft, decode_tokens_per_s=rate, speculative=spec or None,
         token_latency_ms={p: float(np.percentile(all_lat, int(p[1:]))) for p in ("p50", "p90", "p99")},
         new_tokens=new_tokens, peak_rss_mb=peak_rss_mb(), size_on_disk_mb=size,
     )
