@@ -1,0 +1,44 @@
+"""CUDA: the runtime on CUDAExecutionProvider and the PyTorch reference on the GPU. Skipped without a GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edgekit.runtime import GenerationConfig, load
+
+pytestmark = pytest.mark.cuda
+
+needs_ort_cuda = pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
+                                    reason="onnxruntime has no CUDAExecutionProvider here")
+
+
+def _torch_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@needs_ort_cuda
+def test_runtime_on_cuda_matches_cpu(tiny_gguf_pkg: Path) -> None:
+    cpu, gpu = load(tiny_gguf_pkg), load(tiny_gguf_pkg, device="cuda")
+    assert gpu.provider == "CUDAExecutionProvider"
+    ids = cpu.encode("The quick brown fox jumps over the lazy dog")
+    np.testing.assert_allclose(gpu.logits(ids), cpu.logits(ids), atol=2e-3, rtol=0)
+    gen = GenerationConfig(max_new_tokens=16, stop_token_ids=())
+    assert list(gpu.generate_ids(ids, gen)) == list(cpu.generate_ids(ids, gen))
+
+
+@pytest.mark.skipif(not _torch_cuda(), reason="torch sees no CUDA GPU")
+def test_reference_on_cuda_matches_cpu(tiny_gguf_file: Path) -> None:
+    from edgekit.exporters.reference import TorchReference
+
+    ids = [504, 3575, 282, 4649, 314]
+    cpu, gpu = TorchReference(str(tiny_gguf_file), "cpu"), TorchReference(str(tiny_gguf_file), "cuda")
+    assert gpu.device == "cuda"
+    np.testing.assert_allclose(gpu.logits(ids), cpu.logits(ids), atol=1e-3, rtol=0)
