@@ -39,12 +39,21 @@ def main() -> None:
 @click.argument("src")
 @click.option("-o", "--output", "out", required=True, help="Package folder to create (must not exist).")
 @click.option("--draft", default=None, help="Draft model SRC for speculative decoding, or `auto` (from the target).")
+@click.option("--weights", default=None, help="Quantize to int8|int4|int3|int2 (or a full name like int4g128sym).")
+@click.option("--group-size", type=int, default=None, help="Weights per scale and offset along K [64].")
+@click.option("--symmetric", is_flag=True, help="Zero point in the middle of the code range, no per-group minimum.")
+@click.option("--method", default=None, help="rtn (round to nearest, default) or gptq (calibrated).")
+@click.option("--calib", default=None, help="Calibration text file for gptq [text the model generates itself].")
+@click.option("--act-order", is_flag=True, help="gptq: quantize columns by decreasing activation energy.")
 @_one_line_errors
-def export(src: str, out: str, draft: str | None) -> None:
+def export(src: str, out: str, draft: str | None, weights: str | None, group_size: int | None, symmetric: bool,
+           method: str | None, calib: str | None, act_order: bool) -> None:
     """Export SRC (a GGUF file, a Hugging Face folder, or `smollm2-135m`) to the package folder OUT."""
     from edgekit.exporters.pipeline import describe, export as run_export
+    from edgekit.exporters.quantize.spec import quant_config_from_options
 
-    manifest = run_export(src, out, draft=draft)
+    quant = quant_config_from_options(weights, group_size, symmetric, method, calib, act_order)
+    manifest = run_export(src, out, draft=draft, quant=quant)
     click.echo(f"wrote {out}: {describe(manifest)}")
 
 

@@ -1,6 +1,8 @@
 """A compression recipe is a value: it is printed, saved in the manifest and compared.
 
-For an imported checkpoint the recipe records the formats the weights arrived in (kept as they are).
+For an imported checkpoint the recipe records the formats the weights arrived in (kept as they are);
+for a quantized export, the method and its settings (bits, group size, symmetric, calibration text)
+and, per tensor, the format it got (e.g. `int4g64`; the embedding keeps at least 4 bits).
 """
 
 from __future__ import annotations
@@ -12,8 +14,13 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Recipe:
-    method: str = "import"  # "import": weights kept exactly as the source stores them
+    method: str = "import"  # "import": weights kept exactly as the source stores them; or "rtn", "gptq"
     tensor_formats: dict[str, str] = field(default_factory=dict)  # canonical tensor name -> format
+    bits: int | None = None  # the projections' bit width when quantized on export
+    group_size: int | None = None
+    symmetric: bool = False
+    act_order: bool = False  # GPTQ's column order by decreasing Hessian diagonal
+    calibration: str | None = None  # e.g. "self-generated, 1064 tokens"
 
     def summary(self) -> dict[str, int]:
         return dict(Counter(self.tensor_formats.values()))
@@ -23,4 +30,6 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Recipe":
-        return cls(method=d["method"], tensor_formats=dict(d["tensor_formats"]))
+        return cls(method=d["method"], tensor_formats=dict(d["tensor_formats"]), bits=d.get("bits"),
+                   group_size=d.get("group_size"), symmetric=bool(d.get("symmetric", False)),
+                   act_order=bool(d.get("act_order", False)), calibration=d.get("calibration"))

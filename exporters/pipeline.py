@@ -11,7 +11,7 @@ import datetime as _dt
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from edgekit.progress import progress
 from edgekit.recipe import Recipe
 from edgekit.exporters.draft import check_same_tokenizer, layer_subset
 from edgekit.exporters.graph_builder import GraphBuilder
+from edgekit.exporters.quantize import QuantConfig, quantize_source
 from edgekit.exporters.sources import Source, open_source, source_tokenizer
 from edgekit.exporters.weights import LINEAR_NAMES, weight_format
 
@@ -41,7 +42,8 @@ class BuiltGraph:
 
 
 def build_graph(source: Source) -> BuiltGraph:
-    """Stage 2: the ONNX decoder with the source's weights in their own formats."""
+    """Stage 2: the ONNX decoder with the source's weights in their own formats (a quantized source's recipe
+    says how they were quantized)."""
     c = source.config
     builder = GraphBuilder(c)
     model = builder.build(source, rope_len=c.max_position_embeddings,
@@ -52,7 +54,8 @@ def build_graph(source: Source) -> BuiltGraph:
             formats[f"layers.{i}.{n}"] = weight_format(source.get(f"layers.{i}.{n}"))
     if source.has("lm_head"):
         formats["lm_head"] = weight_format(source.get("lm_head"))
-    return BuiltGraph(model, Recipe(method="import", tensor_formats=formats), sorted(builder.edgekit_ops))
+    recipe = replace(getattr(source, "recipe", Recipe()), tensor_formats=formats)
+    return BuiltGraph(model, recipe, sorted(builder.edgekit_ops))
 
 
 @dataclass
@@ -66,10 +69,12 @@ class PackageContents:
     source_name: str
 
 
-def prepare(src: str) -> PackageContents:
-    """Stages 1 and 2 for SRC: open and check the source, build its graph."""
+def prepare(src: str, quant: QuantConfig | None = None) -> PackageContents:
+    """Stages 1 and 2 for SRC: open and check the source, quantize it if `quant` says so, build its graph."""
     source = open_source(src)
     tokenizer, tok_info = source_tokenizer(source)
+    if quant is not None:
+        source = quantize_source(source, quant, tokenizer)
     return PackageContents(source, build_graph(source), tokenizer, tok_info, src)
 
 
@@ -125,15 +130,17 @@ def write_package(main: PackageContents, out: Path, draft: PackageContents | Non
     return manifest
 
 
-def export(src: str, out: str | Path, draft: str | None = None) -> Manifest:
+def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConfig | None = None) -> Manifest:
     """SRC (GGUF file, HF folder or built-in name) -> edgekit package folder `out`.
+
+    `quant`: quantize the weights on export (exporters.quantize); None keeps them as the source has them.
 
     `draft`: a draft model's SRC for speculative decoding (its tokenizer must equal the target's), or
     "auto" to build one from the target itself (see exporters.draft).
     """
     if Path(out).exists():
         raise EdgekitError("output already exists (remove it or choose another -o)", out)
-    main = prepare(src)
+    main = prepare(src, quant)
     draft_contents = None
     if draft == "auto":
         sub = layer_subset(main.source)

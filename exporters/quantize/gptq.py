@@ -1,0 +1,86 @@
+"""GPTQ (Frantar et al., 2022): quantize a weight column by column, each column's rounding error
+pushed onto the columns not yet quantized, weighted by the inverse Hessian of the layer's inputs.
+
+For y = x·Wᵀ and calibration inputs X [T, K], the layer-output error of a quantized W' is
+tr((W - W') H (W - W')ᵀ) with H = XᵀX / T. Round-to-nearest minimizes the weight error alone; GPTQ
+minimizes this output error greedily, which matters most at 4 bits and below.
+
+This is the reference algorithm with its usual refinements: dampening (H + λ·mean(diag H)·I), lazy
+batched updates (columns in blocks of 128; the rest of W is updated once per block, a matmul), and
+optional act-order (columns by decreasing H diagonal). Group scales and offsets come from the rtn
+grid (rtn.group_params) on the weights as updated so far, computed when the first column of a group
+is reached; with act-order the groups must stay contiguous along K (the package's block layout), so
+their parameters are fixed up front from the original weights ("static groups"). Pure numpy: the
+model forward passes that produce H live in sequential.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgekit.formats import BlockQuantWeight
+from edgekit.exporters.quantize.rtn import decode, encode, group_params
+from edgekit.exporters.quantize.spec import WeightFormat
+
+BLOCK_COLUMNS = 128
+
+
+def inverse_hessian_factor(hessian: np.ndarray, damp: float) -> np.ndarray:
+    """Upper Cholesky factor U of (H + λI)⁻¹ = UᵀU (float64 [K, K]); λ grows until H + λI is positive definite."""
+    k = hessian.shape[0]
+    mean_diag = float(np.mean(np.diag(hessian))) or 1.0
+    for attempt in range(6):
+        h = hessian + (damp * 10**attempt) * mean_diag * np.eye(k)
+        try:
+            lower = np.linalg.cholesky(h)
+            inv_lower = np.linalg.solve(lower, np.eye(k))  # L⁻¹: H⁻¹ = L⁻ᵀ L⁻¹
+            return np.linalg.cholesky(inv_lower.T @ inv_lower).T
+        except np.linalg.LinAlgError:
+            continue
+    raise np.linalg.LinAlgError("Hessian is not positive definite even with strong dampening")
+
+
+def gptq_quantize(w: np.ndarray, hessian: np.ndarray, fmt: WeightFormat, act_order: bool = False,
+                  damp: float = 0.01) -> BlockQuantWeight:
+    """float32 W [N, K] and H [K, K] (XᵀX / T of the layer's inputs) -> BlockQuantWeight in `fmt`."""
+    n, k = w.shape
+    g = fmt.group_size
+    block = max(BLOCK_COLUMNS // g, 1) * g  # whole groups per block: a group's columns are all up to date
+    h = hessian.astype(np.float64).copy()
+    w = w.astype(np.float32).copy()
+    dead = np.diag(h) == 0  # inputs that are always 0: their weights cannot matter
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    scales = np.zeros((n, k // g), np.float32)
+    offsets = np.zeros((n, k // g), np.float32)
+    if act_order:
+        perm = np.argsort(-np.diag(h), kind="stable")
+        scales[:], offsets[:] = group_params(w.reshape(n, k // g, g), fmt)
+    else:
+        perm = np.arange(k)
+    h = h[perm][:, perm]
+    u = inverse_hessian_factor(h, damp).astype(np.float32)
+    work = w[:, perm]
+    codes = np.zeros((n, k), np.uint8)
+    for i1 in range(0, k, block):
+        i2 = min(i1 + block, k)
+        cols = work[:, i1:i2].copy()
+        errors = np.zeros_like(cols)
+        for j in range(i2 - i1):
+            col = perm[i1 + j]
+            grp = col // g
+            if not act_order and col % g == 0:
+                scales[:, grp], offsets[:, grp] = group_params(cols[:, j:j + g], fmt)
+            q = encode(cols[:, j], scales[:, grp], offsets[:, grp], fmt.bits)
+            codes[:, col] = q
+            err = (cols[:, j] - decode(q, scales[:, grp], offsets[:, grp])) / u[i1 + j, i1 + j]
+            cols[:, j + 1:] -= err[:, None] * u[i1 + j, i1 + j + 1:i2][None, :]
+            errors[:, j] = err
+        work[:, i2:] -= errors @ u[i1:i2, i2:]
+    return BlockQuantWeight(codes, scales, offsets, fmt.bits, g, fmt.name)
+
+
+def output_error(w: np.ndarray, quantized: BlockQuantWeight, hessian: np.ndarray) -> float:
+    """Mean squared layer-output error per input row: tr((W - W') H (W - W')ᵀ) / N, for H = XᵀX / T."""
+    d = (w - quantized.dequantize()).astype(np.float64)
+    return float(np.einsum("nk,kl,nl->", d, hessian, d) / w.shape[0])

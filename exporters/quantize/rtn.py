@@ -1,0 +1,61 @@
+"""Round-to-nearest group-wise quantization, and the grid every method shares.
+
+A group of `group_size` weights along K gets one scale s and one offset o, and each weight becomes the
+code q = clip(rint((w - o) / s), 0, 2^bits - 1), so that w ≈ s·q + o (BlockQuantWeight's form).
+Scales and offsets are rounded to float16 before the codes are chosen, so the package stores them in
+2 bytes (graph_builder keeps float16 when it is exact) and the codes fit the stored values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgekit.formats import BlockQuantWeight
+from edgekit.exporters.quantize.spec import WeightFormat
+
+
+def to_half_grid(x: np.ndarray) -> np.ndarray:
+    """float32 values rounded to float16 where float16 holds them (not overflowing, not flushed to 0)."""
+    with np.errstate(over="ignore"):
+        h = x.astype(np.float16).astype(np.float32)
+    return np.where(np.isfinite(h) & ((h != 0) | (x == 0)), h, x).astype(np.float32)
+
+
+def group_params(groups: np.ndarray, fmt: WeightFormat) -> tuple[np.ndarray, np.ndarray]:
+    """float32 groups [..., G] -> (scales, offsets) float32 [...].
+
+    Asymmetric: the offset is the group minimum and the codes span [min, max]. Symmetric (llama.cpp's
+    Q4_0 rule): the weight of largest magnitude maps exactly to code 0, s = w_max / -2^(bits-1) (so s
+    may be negative), and the offset is the zero point's -2^(bits-1)·s.
+    """
+    maxq = 2**fmt.bits - 1
+    if fmt.symmetric:
+        half = 2 ** (fmt.bits - 1)
+        idx = np.abs(groups).argmax(axis=-1)[..., None]
+        extreme = np.take_along_axis(groups, idx, axis=-1)[..., 0]
+        scales = to_half_grid(extreme / -half)
+        return scales, (-half * scales).astype(np.float32)
+    offsets = to_half_grid(groups.min(axis=-1))
+    scales = to_half_grid((groups.max(axis=-1) - offsets) / maxq)
+    return scales, offsets
+
+
+def encode(w: np.ndarray, scales: np.ndarray, offsets: np.ndarray, bits: int) -> np.ndarray:
+    """Codes uint8 for weights w with broadcastable scales/offsets (0 where a scale is 0)."""
+    q = np.divide(w - offsets, scales, out=np.zeros(np.broadcast_shapes(w.shape, scales.shape), np.float32),
+                  where=scales != 0)
+    return np.clip(np.rint(q), 0, 2**bits - 1).astype(np.uint8)
+
+
+def decode(codes: np.ndarray, scales: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """float32 s·q + o, rounded as BlockQuantWeight.dequantize rounds it."""
+    return (codes.astype(np.float32) * scales.astype(np.float32) + offsets.astype(np.float32)).astype(np.float32)
+
+
+def quantize_rtn(w: np.ndarray, fmt: WeightFormat) -> BlockQuantWeight:
+    """float32 [N, K] -> BlockQuantWeight with `fmt`'s bits and group size (K must be a multiple of it)."""
+    n, k = w.shape
+    groups = w.astype(np.float32).reshape(n, k // fmt.group_size, fmt.group_size)
+    scales, offsets = group_params(groups, fmt)
+    codes = encode(groups, scales[..., None], offsets[..., None], fmt.bits).reshape(n, k)
+    return BlockQuantWeight(codes, scales, offsets, fmt.bits, fmt.group_size, fmt.name)

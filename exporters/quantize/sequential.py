@@ -1,0 +1,145 @@
+"""Run GPTQ through a transformers model layer by layer, as the GPTQ paper does.
+
+The calibration windows go through the model once up to the first decoder layer. Then, per layer:
+forward hooks on its projections collect the Hessians of their inputs (XᵀX / T) in one pass, the
+projections are quantized (q, k, v together, gate and up together: they read the same input), the
+quantized weights are written back into the torch layer, and the layer runs again to give the next
+layer its inputs. So layer i is calibrated on what the already-quantized layers < i produce
+("sequential"); within a layer the Hessians come from one pass with its float weights (not GPTQ's
+"true-sequential" variant, which would rerun the layer after each group). Last, the output layer
+(a tied one is the embedding table) is quantized on the final normalized hidden states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from edgekit.formats import BlockQuantWeight
+from edgekit.progress import progress
+
+# Canonical projection names (exporters.weights.LINEAR_NAMES) -> module path inside a decoder layer.
+PROJECTIONS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+               "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+# Projections that read one input, quantized as one stacked matrix with one Hessian.
+SHARED_INPUT_GROUPS = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
+
+QuantizeFn = Callable[[str, np.ndarray, np.ndarray], BlockQuantWeight]
+
+
+class _InputHessian:
+    """Accumulates XᵀX / T (float64 [K, K]) over every call of a module, X its input rows."""
+
+    def __init__(self) -> None:
+        self.sum: np.ndarray | None = None
+        self.rows = 0
+
+    def __call__(self, module: object, args: tuple, output: object) -> None:
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+        xtx = (x.T @ x).numpy()
+        self.sum = xtx if self.sum is None else self.sum + xtx
+        self.rows += x.shape[0]
+
+    @property
+    def hessian(self) -> np.ndarray:
+        assert self.sum is not None, "module was never called"
+        return self.sum / self.rows
+
+
+class _Captured(Exception):
+    pass
+
+
+def _first_layer_inputs(model: object, windows: np.ndarray) -> tuple[object, dict]:
+    """The hidden states entering decoder layer 0 and the keyword arguments the model passes every layer
+    (rotary embeddings, mask, positions), captured by stopping the forward pass there."""
+    import torch
+
+    captured: dict[str, object] = {}
+
+    def stop(module: object, args: tuple, kwargs: dict) -> None:
+        captured["hidden"], captured["kwargs"] = args[0], kwargs
+        raise _Captured
+
+    handle = model.model.layers[0].register_forward_pre_hook(stop, with_kwargs=True)  # type: ignore[attr-defined]
+    try:
+        model(torch.from_numpy(windows), use_cache=False)  # type: ignore[operator]
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    return captured["hidden"], captured["kwargs"]  # type: ignore[return-value]
+
+
+def _run_layer(layer: object, hidden: object, kwargs: dict) -> object:
+    out = layer(hidden, **kwargs)  # type: ignore[operator]
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _set_weight(module: object, w: BlockQuantWeight) -> None:
+    import torch
+
+    module.weight.data.copy_(torch.from_numpy(w.dequantize()))  # type: ignore[attr-defined]
+
+
+def torch_module(model: object, name: str) -> object:
+    """The torch module holding canonical weight `name` (`embed`, `lm_head`, `layers.{i}.{q,...,down}`)."""
+    if name == "embed":
+        return model.model.embed_tokens  # type: ignore[attr-defined]
+    if name == "lm_head":
+        return model.lm_head  # type: ignore[attr-defined]
+    _, i, proj = name.split(".")
+    return model.model.layers[int(i)].get_submodule(PROJECTIONS[proj])  # type: ignore[attr-defined]
+
+
+def write_fake_quantized(model: object, weights: dict[str, BlockQuantWeight]) -> None:
+    """Put the dequantized weights into a transformers model: the float model that computes what the package
+    computes (tests and quality reports compare against it)."""
+    import torch
+
+    with torch.no_grad():
+        for name, w in weights.items():
+            _set_weight(torch_module(model, name), w)
+
+
+def gptq_model(model: object, windows: np.ndarray, quantize: QuantizeFn, quantize_head: QuantizeFn | None,
+               ) -> dict[str, BlockQuantWeight]:
+    """Quantize every projection of `model` (a transformers causal LM, float32, modified in place: it ends up
+    holding the fake-quantized weights) and, with `quantize_head`, its output layer. windows: int64 [n, L].
+    Returns BlockQuantWeights under canonical names (`layers.{i}.{q,...}`, and `embed` for a tied output
+    layer or `lm_head` for a separate one)."""
+    import torch
+
+    out: dict[str, BlockQuantWeight] = {}
+    layers = model.model.layers  # type: ignore[attr-defined]
+    with torch.no_grad():
+        hidden, kwargs = _first_layer_inputs(model, windows)
+        for i in progress(range(len(layers)), "GPTQ layers", total=len(layers)):
+            layer = layers[i]
+            modules = {name: layer.get_submodule(path) for name, path in PROJECTIONS.items()}
+            hooks = {group: _InputHessian() for group in SHARED_INPUT_GROUPS}
+            handles = [modules[group[0]].register_forward_hook(h) for group, h in hooks.items()]
+            try:
+                _run_layer(layer, hidden, kwargs)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            for group, h in hooks.items():
+                weights = [modules[name].weight.detach().numpy() for name in group]
+                stacked = quantize(f"layers.{i}.{'_'.join(group)}", np.concatenate(weights), h.hessian)
+                start = 0
+                for name, w in zip(group, weights):
+                    part = stacked.take_rows(np.arange(start, start + w.shape[0]))
+                    start += w.shape[0]
+                    out[f"layers.{i}.{name}"] = part
+                    _set_weight(modules[name], part)
+            hidden = _run_layer(layer, hidden, kwargs)
+        if quantize_head is not None:
+            head_hessian = _InputHessian()
+            head_hessian(None, (model.model.norm(hidden),), None)  # type: ignore[attr-defined]
+            tied = model.lm_head.weight is model.model.embed_tokens.weight  # type: ignore[attr-defined]
+            name = "embed" if tied else "lm_head"
+            out[name] = quantize_head(name, model.lm_head.weight.detach().numpy(), head_hessian.hessian)  # type: ignore[attr-defined]
+            _set_weight(model.lm_head, out[name])  # type: ignore[attr-defined]
+    return out

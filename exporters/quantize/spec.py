@@ -1,0 +1,116 @@
+"""What to quantize to: weight format names (`int4g128`, `int3g64sym`) and the options of one export.
+
+A format name is the one string that travels everywhere: the `--weights` option, a weight's
+`source_format`, the manifest's per-tensor formats (and, later, plan files). Parsing it is the one
+place that says which bit widths and group sizes exist.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekit.errors import EdgekitError
+
+SUPPORTED_BITS = (2, 3, 4, 8)
+DEFAULT_GROUP_SIZE = 64  # divides SmolLM2's widths (576, 1536); 128 does not divide 576
+METHODS = ("rtn", "gptq")
+# The embedding (and a tied output layer, which is the same table) keeps at least 4 bits: it is read
+# by GatherBlockQ4/Q8, and the output layer is the most sensitive matrix of a small model.
+MIN_HEAD_BITS = 4
+
+_NAME = re.compile(r"^int(\d+)(?:g(\d+))?(sym)?$")
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """Group-wise integer weights: `bits`-bit unsigned codes, one scale and offset per `group_size` along K.
+
+    Asymmetric: offset = the group's minimum (rounded to float16). Symmetric: offset = -2^(bits-1)·scale,
+    a zero point in the middle of the code range.
+    """
+
+    bits: int
+    group_size: int = DEFAULT_GROUP_SIZE
+    symmetric: bool = False
+
+    def __post_init__(self) -> None:
+        if self.bits not in SUPPORTED_BITS:
+            raise EdgekitError(f"unsupported bit width {self.bits} (supported: {', '.join(map(str, SUPPORTED_BITS))})")
+        g = self.group_size
+        if g < 16 or g & (g - 1):
+            raise EdgekitError(f"unsupported group size {g}: must be a power of two of at least 16 "
+                               "(what MatMulNBits accepts), e.g. 32, 64 or 128")
+
+    @property
+    def name(self) -> str:
+        return f"int{self.bits}g{self.group_size}{'sym' if self.symmetric else ''}"
+
+    @classmethod
+    def parse(cls, name: str, group_size: int | None = None, symmetric: bool = False) -> WeightFormat:
+        """`int4`, `int4g128` or `int4g128sym`; `group_size`/`symmetric` fill in what the name leaves out."""
+        m = _NAME.match(name.strip().lower())
+        if m is None or int(m.group(1)) not in SUPPORTED_BITS:
+            bits = ", ".join(f"int{b}" for b in SUPPORTED_BITS)
+            raise EdgekitError(f"unknown weight format {name!r} (supported: {bits}, optionally with a group size "
+                               "and 'sym', e.g. int4g128sym)")
+        if m.group(2) and group_size is not None and int(m.group(2)) != group_size:
+            raise EdgekitError(f"weight format {name!r} and --group-size {group_size} disagree")
+        group = int(m.group(2)) if m.group(2) else (group_size or DEFAULT_GROUP_SIZE)
+        return cls(int(m.group(1)), group, symmetric or bool(m.group(3)))
+
+    def for_embedding(self) -> WeightFormat:
+        """The embedding's (and a tied or separate output layer's) format: the same, but never below 4 bits."""
+        return self if self.bits >= MIN_HEAD_BITS else WeightFormat(MIN_HEAD_BITS, self.group_size, self.symmetric)
+
+    def check_width(self, tensor: str, k: int) -> None:
+        """A one-line error naming the tensor when its rows cannot be split into whole groups."""
+        if k % self.group_size:
+            raise EdgekitError(f"tensor {tensor}: row size {k} is not a multiple of the group size {self.group_size} "
+                               f"(choose a --group-size that divides {k})")
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Calibration text: `file` (tokenized, cut into `seq_len` windows) or, without one, text the model
+    generates itself from `n_prompts` neutral prompts, `new_tokens` each."""
+
+    file: Path | None = None
+    n_prompts: int = 8
+    new_tokens: int = 128
+    seq_len: int = 256
+    max_tokens: int = 8192  # more text adds time, not much quality, for GPTQ on a small model
+    min_tokens: int = 256
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """One export's quantization: the format of every linear layer, the method, and GPTQ's options."""
+
+    weights: WeightFormat
+    method: str = "rtn"
+    calibration: CalibrationConfig = CalibrationConfig()
+    act_order: bool = False
+    damp: float = 0.01  # GPTQ dampening, a fraction of the Hessian's mean diagonal
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise EdgekitError(f"unknown quantization method {self.method!r} (supported: {', '.join(METHODS)})")
+        if self.method == "rtn" and self.calibration.file is not None:
+            raise EdgekitError("--calib is only used by a data-aware method: add --method gptq")
+
+
+def quant_config_from_options(weights: str | None, group_size: int | None = None, symmetric: bool = False,
+                              method: str | None = None, calib: str | None = None,
+                              act_order: bool = False) -> QuantConfig | None:
+    """`edgekit export`'s quantization options as a QuantConfig (None: no --weights, keep the source's)."""
+    if weights is None:
+        given = [opt for opt, value in (("--group-size", group_size), ("--symmetric", symmetric),
+                                        ("--method", method), ("--calib", calib), ("--act-order", act_order)) if value]
+        if given:
+            raise EdgekitError(f"{given[0]} needs --weights (one of int8, int4, int3, int2)")
+        return None
+    fmt = WeightFormat.parse(weights, group_size, symmetric)
+    return QuantConfig(fmt, method or "rtn", CalibrationConfig(file=Path(calib) if calib else None), act_order)

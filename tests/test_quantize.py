@@ -1,0 +1,165 @@
+"""Quantize on export: formats, RTN and GPTQ, the exported package against the fake-quantized PyTorch model,
+and bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgekit.cli import main
+from edgekit.errors import EdgekitError
+from edgekit.recipe import Recipe
+from edgekit.exporters.pipeline import prepare, write_package
+from edgekit.exporters.quantize import CalibrationConfig, QuantConfig, WeightFormat
+from edgekit.exporters.quantize.gptq import gptq_quantize, output_error
+from edgekit.exporters.quantize.rtn import quantize_rtn
+from edgekit.exporters.quantize.sequential import write_fake_quantized
+from edgekit.exporters.reference import TorchReference
+from edgekit.runtime import load
+
+RNG = np.random.default_rng(0)
+PROMPT = "The quick brown fox jumps over the lazy dog. 12345"
+FAST_CALIBRATION = CalibrationConfig(n_prompts=4, new_tokens=32)
+ALL_FORMATS = [WeightFormat(b, g, s) for b, g, s in [(2, 32, False), (3, 32, False), (3, 64, True), (4, 32, False),
+                                                     (4, 64, True), (8, 32, False), (8, 32, True)]]
+
+
+# -- formats -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ALL_FORMATS, ids=lambda f: f.name)
+def test_format_names_round_trip(fmt: WeightFormat) -> None:
+    assert WeightFormat.parse(fmt.name) == fmt
+
+
+def test_format_name_options_fill_in() -> None:
+    assert WeightFormat.parse("int3", group_size=128, symmetric=True).name == "int3g128sym"
+    assert WeightFormat.parse("int2").for_embedding() == WeightFormat(4)
+    assert WeightFormat.parse("int8g32").for_embedding() == WeightFormat(8, 32)
+
+
+@pytest.mark.parametrize("name,message", [("int5", "unknown weight format 'int5'"), ("fp4", "unknown weight format"),
+                                          ("int4g48", "unsupported group size 48"),
+                                          ("int4g8", "unsupported group size 8")])
+def test_bad_format_names(name: str, message: str) -> None:
+    with pytest.raises(EdgekitError, match=message):
+        WeightFormat.parse(name)
+
+
+# -- RTN and GPTQ ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ALL_FORMATS, ids=lambda f: f.name)
+def test_rtn_codes_fit_and_error_is_within_half_a_step(fmt: WeightFormat) -> None:
+    w = RNG.standard_normal((16, 128)).astype(np.float32)
+    q = quantize_rtn(w, fmt)
+    assert q.codes.max() < 2**fmt.bits and q.source_format == fmt.name
+    np.testing.assert_array_equal(q.scales.astype(np.float16).astype(np.float32), q.scales)  # stored in 2 bytes
+    step = np.repeat(np.abs(q.scales), fmt.group_size, axis=1)
+    err = np.abs(q.dequantize() - w)
+    # Asymmetric covers [min, max]; symmetric clips the positive end by at most one step.
+    assert np.all(err <= (1.01 if fmt.symmetric else 0.51) * step + 1e-6)
+
+
+def test_gptq_beats_rtn_on_layer_output_error() -> None:
+    """Correlated inputs: GPTQ's error feedback lowers tr(ΔW H ΔWᵀ), the layer-output MSE on the calibration set."""
+    k, n, t = 128, 64, 1024
+    x = (RNG.standard_normal((t, k)) @ (0.4 * RNG.standard_normal((k, k)) + np.eye(k))).astype(np.float32)
+    h = x.T.astype(np.float64) @ x / t
+    w = RNG.standard_normal((n, k)).astype(np.float32)
+    for fmt in (WeightFormat(3, 32), WeightFormat(4, 32, symmetric=True)):
+        rtn = output_error(w, quantize_rtn(w, fmt), h)
+        for act_order in (False, True):
+            gptq = gptq_quantize(w, h, fmt, act_order=act_order)
+            assert gptq.codes.max() < 2**fmt.bits
+            direct = float(np.mean((x @ (w - gptq.dequantize()).T) ** 2))
+            assert direct == pytest.approx(output_error(w, gptq, h), rel=1e-3)
+            assert output_error(w, gptq, h) < 0.8 * rtn, (fmt.name, act_order)
+
+
+# -- exported packages equal the fake-quantized torch model --------------------------------------------------
+def _export_and_compare(tmp_path: Path, src: Path, config: QuantConfig) -> dict:
+    contents = prepare(str(src), config)
+    manifest = write_package(contents, tmp_path / "pkg")
+    weights = contents.source.quantized
+    reference = TorchReference(str(src), "cpu")
+    write_fake_quantized(reference.model, weights)
+    model = load(tmp_path / "pkg")
+    ids = model.encode(PROMPT)
+    expected, got = reference.logits(ids), model.logits(ids)
+    np.testing.assert_allclose(got, expected, atol=2e-4 * np.abs(expected).max(), rtol=0)
+    recipe = manifest.data["recipe"]
+    assert Recipe.from_dict(recipe) == contents.built.recipe
+    return recipe
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS, ids=lambda f: f.name)
+def test_rtn_package_matches_fake_quantized_torch(tmp_path: Path, tiny_hf: Path, fmt: WeightFormat) -> None:
+    recipe = _export_and_compare(tmp_path, tiny_hf, QuantConfig(fmt, "rtn"))
+    embed_format = fmt.for_embedding().name
+    assert recipe["method"] == "rtn" and recipe["bits"] == fmt.bits and recipe["group_size"] == fmt.group_size
+    assert recipe["tensor_formats"]["embed"] == embed_format and recipe["tensor_formats"]["layers.1.down"] == fmt.name
+    assert recipe["summary"] == ({fmt.name: 15} if embed_format == fmt.name else {fmt.name: 14, embed_format: 1})
+
+
+@pytest.mark.parametrize("fmt,act_order", [(WeightFormat(3, 32), False), (WeightFormat(2, 32, True), True)])
+def test_gptq_package_matches_fake_quantized_torch(tmp_path: Path, tiny_hf: Path, fmt: WeightFormat,
+                                                   act_order: bool) -> None:
+    recipe = _export_and_compare(tmp_path, tiny_hf, QuantConfig(fmt, "gptq", FAST_CALIBRATION, act_order))
+    assert recipe["method"] == "gptq" and recipe["act_order"] == act_order
+    assert recipe["calibration"] == "self-generated, 152 tokens"  # 4 x (6 prompt tokens, the shortest, + 32)
+
+
+def test_untied_output_layer_and_calibration_file(tmp_path: Path) -> None:
+    from factories import tiny_hf_model
+
+    src = tiny_hf_model(tmp_path / "src", tied=False)
+    calib = tmp_path / "calib.txt"
+    calib.write_text("Calibration text about rivers, mountains and the sea, written plainly. " * 40)
+    config = QuantConfig(WeightFormat(4, 32), "gptq", CalibrationConfig(file=calib, seq_len=128))
+    recipe = _export_and_compare(tmp_path, src, config)
+    assert recipe["tensor_formats"]["lm_head"] == "int4g32" and recipe["calibration"].startswith("calib.txt, ")
+
+
+def test_gguf_source_is_requantized(tmp_path: Path, tiny_gguf_file: Path) -> None:
+    recipe = _export_and_compare(tmp_path, tiny_gguf_file, QuantConfig(WeightFormat(3, 32), "rtn"))
+    assert recipe["summary"] == {"int3g32": 14, "int4g32": 1}
+
+
+# -- CLI and bad input ----------------------------------------------------------------------------------------
+def _cli(args: list[str]) -> tuple[int, str]:
+    result = CliRunner().invoke(main, args)
+    return result.exit_code, result.stderr.strip()
+
+
+def test_cli_export_writes_quantized_package(tmp_path: Path, tiny_hf: Path) -> None:
+    code, _ = _cli(["export", str(tiny_hf), "-o", str(tmp_path / "out"), "--weights", "int4", "--group-size", "32",
+                    "--symmetric"])
+    assert code == 0
+    recipe = json.loads((tmp_path / "out" / "manifest.json").read_text())["recipe"]
+    assert recipe["summary"] == {"int4g32sym": 15} and recipe["symmetric"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--weights", "int4", "--group-size", "128"], "tensor embed: row size 64 is not a multiple of the group size 128"),
+    (["--weights", "int5"], "unknown weight format 'int5'"),
+    (["--weights", "int4g64", "--group-size", "32"], "disagree"),
+    (["--weights", "int4", "--method", "awq"], "unknown quantization method 'awq'"),
+    (["--weights", "int4", "--calib", "x.txt"], "--calib is only used by a data-aware method"),
+    (["--group-size", "32"], "--group-size needs --weights"),
+    (["--weights", "int4", "--method", "gptq", "--calib", "missing.txt"], "cannot read the calibration file"),
+])
+def test_bad_quantization_options(tmp_path: Path, tiny_hf: Path, args: list[str], message: str) -> None:
+    code, err = _cli(["export", str(tiny_hf), "-o", str(tmp_path / "out"), *args])
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("edgekit: error: ") and message in err, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_calibration_file_too_short(tmp_path: Path, tiny_hf: Path) -> None:
+    calib = tmp_path / "short.txt"
+    calib.write_text("Far too little text to calibrate on.")
+    code, err = _cli(["export", str(tiny_hf), "-o", str(tmp_path / "out"), "--weights", "int3", "--method", "gptq",
+                      "--calib", str(calib)])
+    assert code == 2 and re.search(r"short\.txt: calibration file too short: \d+ tokens, need at least 256$", err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["short.txt"]
