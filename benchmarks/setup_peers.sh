@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Create the virtual environments of the peers that benchmarks/decode.py compares edgekit with.
+#
+# Each peer lives in its own venv under $EDGEKIT_PEERS (default /work/.peers), outside the repository,
+# because its requirements cannot share the main environment:
+#   llama    llama-cpp-python (compiles llama.cpp for about 4 minutes)
+#   genai    onnxruntime-genai; its model builder needs transformers 5.x (the main env has 4.57)
+#   optimum  optimum-onnx, which pins optimum~=2.1 and transformers<4.58; this venv sees the main
+#            env's packages (torch 2.13.0, transformers 4.57.6) and adds only what is missing
+# torch is always pinned to 2.13.0: pip takes the CPU wheel that lies on disk, while an unpinned
+# torch pulls a CUDA build of several GB.
+#
+# Idempotent: a venv whose requirement line is unchanged since it was built is left alone.
+# Usage: bash benchmarks/setup_peers.sh [llama] [genai] [optimum]     (no argument: all three)
+set -euo pipefail
+
+PEERS="${EDGEKIT_PEERS:-/work/.peers}"
+PYTHON="${PYTHON:-python3}"
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+mkdir -p "$PEERS"
+
+# Keep the peers out of git even if $EDGEKIT_PEERS points inside the repository.
+if [ -d "$REPO/.git" ]; then
+    mkdir -p "$REPO/.git/info"
+    touch "$REPO/.git/info/exclude"
+    grep -qxF "/.peers/" "$REPO/.git/info/exclude" || echo "/.peers/" >> "$REPO/.git/info/exclude"
+fi
+
+# make_venv NAME VENV_FLAGS PACKAGE...: (re)build $PEERS/NAME unless its stamp lists the same packages.
+make_venv() {
+    local name="$1" flags="$2"
+    shift 2
+    local dir="$PEERS/$name" spec="$flags $*"
+    if [ -f "$dir/.installed" ] && [ "$(cat "$dir/.installed")" = "$spec" ]; then
+        echo "peer $name: up to date ($dir)"
+        return
+    fi
+    echo "peer $name: installing $* into $dir"
+    rm -rf "$dir"
+    # shellcheck disable=SC2086  # flags is a word list
+    "$PYTHON" -m venv $flags "$dir"
+    "$dir/bin/pip" install --quiet --upgrade pip
+    "$dir/bin/pip" install "$@"
+    echo "$spec" > "$dir/.installed"
+}
+
+want() { [ "$#" -eq 0 ] || [[ " $* " == *" $PEER "* ]]; }
+
+for PEER in llama genai optimum; do
+    want "$@" || continue
+    case "$PEER" in
+        llama) make_venv llama "" "llama-cpp-python==0.3.36" "numpy" ;;
+        genai) make_venv genai "" "onnxruntime-genai==0.18.0" "torch==2.13.0" "transformers>=5,<6" \
+                   "onnx" "onnx-ir" "numpy" "tokenizers" ;;
+        optimum) make_venv optimum "--system-site-packages" "optimum-onnx==0.1.0" "torch==2.13.0" \
+                     "transformers==4.57.6" ;;
+    esac
+done
