@@ -27,6 +27,10 @@ def group_params(groups: np.ndarray, fmt: WeightFormat) -> tuple[np.ndarray, np.
     Asymmetric: the offset is the group minimum and the codes span [min, max]. Symmetric (llama.cpp's
     Q4_0 rule): the weight of largest magnitude maps exactly to code 0, s = w_max / -2^(bits-1) (so s
     may be negative), and the offset is the zero point's -2^(bits-1)·s.
+
+    No clipping: choosing each group's range by least squared weight error (13 shrink factors down to
+    0.7) made SmolLM2-135M worse (perplexity 24.6 vs 22.1 at int4g64, RTN; 19.4 vs 18.4 with GPTQ): the
+    extreme weights it clips, in the output layer above all, matter more than their share of the error.
     """
     maxq = 2**fmt.bits - 1
     if fmt.symmetric:
