@@ -49,7 +49,8 @@ def main() -> None:
 def export(src: str, out: str, draft: str | None, weights: str | None, group_size: int | None, symmetric: bool,
            method: str | None, calib: str | None, act_order: bool) -> None:
     """Export SRC (a GGUF file, a Hugging Face folder, or `smollm2-135m`) to the package folder OUT."""
-    from edgekit.exporters.pipeline import describe, export as run_export
+    from edgekit.exporters.pipeline import describe
+    from edgekit.exporters.pipeline import export as run_export
     from edgekit.exporters.quantize.spec import quant_config_from_options
 
     quant = quant_config_from_options(weights, group_size, symmetric, method, calib, act_order)
@@ -118,7 +119,8 @@ def validate(pkg: str, reference_src: str, device: str, tokens: int, text_file: 
              max_ppl_delta: float, min_top1: float, max_kl: float | None, fast: bool, as_json: bool) -> None:
     """Compare PKG's runtime with the PyTorch reference; exit 1 when a threshold fails."""
     from edgekit.exporters.reference import TorchReference
-    from edgekit.exporters.validate import Thresholds, validate as run_validate
+    from edgekit.exporters.validate import Thresholds
+    from edgekit.exporters.validate import validate as run_validate
 
     model = _load(pkg, "cpu", fast)
     reference = TorchReference(reference_src, device)

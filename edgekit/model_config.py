@@ -43,7 +43,7 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         d = dict(d)
         if d.get("layer_intermediate_sizes") is not None:
             d["layer_intermediate_sizes"] = tuple(d["layer_intermediate_sizes"])

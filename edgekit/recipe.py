@@ -29,7 +29,7 @@ class Recipe:
         return {**asdict(self), "summary": self.summary()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Recipe":
+    def from_dict(cls, d: dict[str, Any]) -> Recipe:
         return cls(method=d["method"], tensor_formats=dict(d["tensor_formats"]), bits=d.get("bits"),
                    group_size=d.get("group_size"), symmetric=bool(d.get("symmetric", False)),
                    act_order=bool(d.get("act_order", False)), calibration=d.get("calibration"))

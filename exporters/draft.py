@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+from edgekit.exporters.weights import Weight
 from tokenizers import Tokenizer
 
 from edgekit.errors import EdgekitError
-from edgekit.exporters.weights import Weight
 
 DEFAULT_KEEP_FRACTION = 1 / 3
 

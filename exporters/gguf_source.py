@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from edgekit.exporters.gguf_blocks import GGUF_BLOCK_TYPES
+from edgekit.exporters.weights import Weight
 
 from edgekit.errors import EdgekitError
 from edgekit.model_config import SUPPORTED_ARCHITECTURES, ModelConfig
-from edgekit.exporters.gguf_blocks import GGUF_BLOCK_TYPES
-from edgekit.exporters.weights import Weight
 
 GGUF_MAGIC = b"GGUF"
 FLOAT_TYPES = ("F32", "F16", "BF16")

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgekit.exporters.gguf_source import GGUFSource
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from edgekit.errors import EdgekitError
-from edgekit.exporters.gguf_source import GGUFSource
 
 TOKEN_TYPE_CONTROL = 3
 TOKEN_TYPE_USER_DEFINED = 4

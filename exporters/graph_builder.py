@@ -18,15 +18,23 @@ from collections.abc import Iterable
 
 import numpy as np
 import onnx
+from edgekit.exporters.rope import rope_cos_sin
+from edgekit.exporters.weights import Weight, WeightSource
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.formats import BlockQuantWeight, pack_codes
 from edgekit.model_config import ModelConfig
-from edgekit.ops import (OPSET_IMPORTS, GatherBlockQ4, GatherBlockQ8, MatMulBlockQ2, MatMulBlockQ3, MatMulBlockQ4,
-                         MatMulBlockQ8, function_protos)
+from edgekit.ops import (
+    OPSET_IMPORTS,
+    GatherBlockQ4,
+    GatherBlockQ8,
+    MatMulBlockQ2,
+    MatMulBlockQ3,
+    MatMulBlockQ4,
+    MatMulBlockQ8,
+    function_protos,
+)
 from edgekit.ops.base import EdgekitOp
-from edgekit.exporters.rope import rope_cos_sin
-from edgekit.exporters.weights import Weight, WeightSource
 
 MS_DOMAIN = "com.microsoft"
 _MATMUL_OPS: dict[int, type[EdgekitOp]] = {2: MatMulBlockQ2, 3: MatMulBlockQ3, 4: MatMulBlockQ4, 8: MatMulBlockQ8}

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from edgekit.exporters.gguf_tokenizer import END_TOKENS
+from edgekit.exporters.weights import Weight
 from tokenizers import Tokenizer
 
 from edgekit.errors import EdgekitError
 from edgekit.model_config import SUPPORTED_ARCHITECTURES, ModelConfig
-from edgekit.exporters.gguf_tokenizer import END_TOKENS
-from edgekit.exporters.weights import Weight
 
 _LAYER_TENSORS = {
     "self_attn.q_proj.weight": "q", "self_attn.k_proj.weight": "k", "self_attn.v_proj.weight": "v",

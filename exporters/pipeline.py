@@ -16,19 +16,27 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from tokenizers import Tokenizer
-
-import edgekit
-from edgekit.errors import EdgekitError
-from edgekit.package import (FORMAT_NAME, FORMAT_VERSION, GRAPH_FILE, TOKENIZER_FILE, WEIGHTS_FILE, Manifest,
-                             file_entries, sha256_of)
-from edgekit.progress import progress
-from edgekit.recipe import Recipe
 from edgekit.exporters.draft import check_same_tokenizer, layer_subset
 from edgekit.exporters.graph_builder import GraphBuilder
 from edgekit.exporters.quantize import QuantConfig, quantize_source
 from edgekit.exporters.sources import Source, open_source, source_tokenizer
 from edgekit.exporters.weights import LINEAR_NAMES, weight_format
+from tokenizers import Tokenizer
+
+import edgekit
+from edgekit.errors import EdgekitError
+from edgekit.package import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    GRAPH_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    Manifest,
+    file_entries,
+    sha256_of,
+)
+from edgekit.progress import progress
+from edgekit.recipe import Recipe
 
 DEFAULT_MAX_NEW_TOKENS = 256
 DRAFT_FOLDER = "draft"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from edgekit.exporters.sources import resolve_path
 
 from edgekit.errors import EdgekitError
-from edgekit.exporters.sources import resolve_path
 
 
 class TorchReference:
@@ -37,7 +37,7 @@ class TorchReference:
         self.model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs).to(device).eval()
 
     @classmethod
-    def from_model(cls, model: object, device: str = "cpu") -> "TorchReference":
+    def from_model(cls, model: object, device: str = "cpu") -> TorchReference:
         """Wrap a torch model already in memory (for models transformers cannot reload, e.g. pruned ones)."""
         import torch
 

@@ -6,12 +6,12 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Union
 
-from tokenizers import Tokenizer
-
-from edgekit.errors import EdgekitError
 from edgekit.exporters.gguf_source import GGUFSource
 from edgekit.exporters.gguf_tokenizer import build_tokenizer
 from edgekit.exporters.hf_source import HFSource, hf_tokenizer
+from tokenizers import Tokenizer
+
+from edgekit.errors import EdgekitError
 
 Source = Union[GGUFSource, HFSource]
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from edgekit.runtime import GenerationConfig, Model
 
 from edgekit.evaltext import default_text, log_softmax, windows
 from edgekit.progress import progress
-from edgekit.runtime import GenerationConfig, Model
 
 PROMPTS = (
     "The capital of France is",

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from edgekit.runtime.generator import GenerationConfig, Model
 
 from edgekit.evaltext import default_text
-from edgekit.runtime.generator import GenerationConfig, Model
 
 
 @dataclass

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-
 from edgekit.runtime.decoder import Decoder
 from edgekit.runtime.drafters import Drafter
 from edgekit.runtime.sampling import SamplingParams, choose_token, token_distribution

@@ -7,9 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from edgekit.errors import EdgekitError
-from edgekit.package import Manifest
 from edgekit.runtime.decoder import Decoder, SessionSettings, make_session
 from edgekit.runtime.decoding import DecodeStats, decode
 from edgekit.runtime.drafters import Drafter, ModelDrafter, NgramDrafter
@@ -18,6 +15,9 @@ from edgekit.runtime.lowering import lower
 from edgekit.runtime.providers import select_provider
 from edgekit.runtime.sampling import SamplingParams
 from edgekit.runtime.text import StreamDecoder, TextCodec
+
+from edgekit.errors import EdgekitError
+from edgekit.package import Manifest
 
 DEFAULT_MAX_LENGTH = 2048
 

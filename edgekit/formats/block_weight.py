@@ -44,14 +44,14 @@ class BlockQuantWeight:
         w = blocks * self.scales.astype(np.float32)[:, :, None] + self.offsets.astype(np.float32)[:, :, None]
         return w.reshape(n, k)
 
-    def take_rows(self, rows: np.ndarray) -> "BlockQuantWeight":
+    def take_rows(self, rows: np.ndarray) -> BlockQuantWeight:
         """Rows reordered (an exact operation: blocks run along K, so a row is self-contained)."""
         return BlockQuantWeight(
             self.codes[rows], self.scales[rows], self.offsets[rows], self.bits, self.block_size, self.source_format
         )
 
     @staticmethod
-    def concat_rows(parts: list["BlockQuantWeight"]) -> "BlockQuantWeight":
+    def concat_rows(parts: list[BlockQuantWeight]) -> BlockQuantWeight:
         """Stack weights along N (fused QKV or gate/up projections); all parts must share one format."""
         first = parts[0]
         if any((p.bits, p.block_size, p.shape[1]) != (first.bits, first.block_size, first.shape[1]) for p in parts):

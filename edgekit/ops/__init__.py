@@ -15,11 +15,11 @@ __all__ = [
     "OPS",
     "OPSET_IMPORTS",
     "EdgekitOp",
-    "function_protos",
     "GatherBlockQ4",
     "GatherBlockQ8",
     "MatMulBlockQ2",
     "MatMulBlockQ3",
     "MatMulBlockQ4",
     "MatMulBlockQ8",
+    "function_protos",
 ]

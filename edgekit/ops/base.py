@@ -13,7 +13,7 @@ DOMAIN_VERSION = 1
 ONNX_OPSET = 21
 OPSET_IMPORTS = [helper.make_opsetid("", ONNX_OPSET), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)]
 
-OPS: dict[str, type["EdgekitOp"]] = {}
+OPS: dict[str, type[EdgekitOp]] = {}
 
 
 class EdgekitOp:

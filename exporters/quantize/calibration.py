@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from edgekit.exporters.quantize.spec import CalibrationConfig
 from tokenizers import Tokenizer
 
 from edgekit.errors import EdgekitError
 from edgekit.progress import progress
-from edgekit.exporters.quantize.spec import CalibrationConfig
 
 NEUTRAL_PROMPTS = (
     "The history of the city begins",

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from edgekit.formats import BlockQuantWeight
 from edgekit.exporters.quantize.rtn import decode, encode, group_params
 from edgekit.exporters.quantize.spec import WeightFormat
+
+from edgekit.formats import BlockQuantWeight
 
 BLOCK_COLUMNS = 128
 

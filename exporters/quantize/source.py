@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer
-
-from edgekit.formats import BlockQuantWeight
-from edgekit.progress import progress
-from edgekit.recipe import Recipe
 from edgekit.exporters.quantize.calibration import calibration_windows, file_windows
 from edgekit.exporters.quantize.gptq import gptq_quantize
 from edgekit.exporters.quantize.rtn import quantize_rtn
 from edgekit.exporters.quantize.spec import QuantConfig, WeightFormat
 from edgekit.exporters.weights import LINEAR_NAMES, Weight
+from tokenizers import Tokenizer
+
+from edgekit.formats import BlockQuantWeight
+from edgekit.progress import progress
+from edgekit.recipe import Recipe
 
 
 class QuantizedSource:
