@@ -44,10 +44,11 @@ def main() -> None:
 @click.option("--symmetric", is_flag=True, help="Zero point in the middle of the code range, no per-group minimum.")
 @click.option("--method", default=None, help="rtn (round to nearest, default) or gptq (calibrated).")
 @click.option("--calib", default=None, help="Calibration text file for gptq [text the model generates itself].")
-@click.option("--act-order", is_flag=True, help="gptq: quantize columns by decreasing activation energy.")
+@click.option("--act-order/--no-act-order", default=None,
+              help="gptq: quantize columns by decreasing input energy [on].")
 @_one_line_errors
 def export(src: str, out: str, draft: str | None, weights: str | None, group_size: int | None, symmetric: bool,
-           method: str | None, calib: str | None, act_order: bool) -> None:
+           method: str | None, calib: str | None, act_order: bool | None) -> None:
     """Export SRC (a GGUF file, a Hugging Face folder, or `smollm2-135m`) to the package folder OUT."""
     from edgekit.exporters.pipeline import describe
     from edgekit.exporters.pipeline import export as run_export

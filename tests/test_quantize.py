@@ -20,7 +20,7 @@ from edgekit.exporters.quantize.gptq import gptq_quantize, output_error
 from edgekit.exporters.quantize.rtn import quantize_rtn
 from edgekit.exporters.quantize.sequential import write_fake_quantized
 from edgekit.exporters.reference import TorchReference
-from edgekit.runtime import load
+from edgekit.runtime import GenerationConfig, load
 
 RNG = np.random.default_rng(0)
 PROMPT = "The quick brown fox jumps over the lazy dog. 12345"
@@ -163,3 +163,14 @@ def test_calibration_file_too_short(tmp_path: Path, tiny_hf: Path) -> None:
                       "--calib", str(calib)])
     assert code == 2 and re.search(r"short\.txt: calibration file too short: \d+ tokens, need at least 256$", err), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["short.txt"]
+
+
+@pytest.mark.slow
+def test_real_model_int4_package_still_answers(tmp_path: Path) -> None:
+    """SmolLM2-135M re-quantized to int4 (RTN, group 64): the package loads, stays small and still knows Paris."""
+    code, err = _cli(["export", "smollm2-135m", "-o", str(tmp_path / "pkg"), "--weights", "int4"])
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "pkg" / "manifest.json").read_text())
+    assert manifest["recipe"]["summary"] == {"int4g64": 211}
+    assert manifest["files"]["model.onnx.data"]["size"] < 85e6  # 4.5 bits per weight, not float32
+    assert "Paris" in load(tmp_path / "pkg").generate("The capital of France is", gen=GenerationConfig(max_new_tokens=4))

@@ -77,8 +77,9 @@ class CalibrationConfig:
     generates itself from `n_prompts` neutral prompts, `new_tokens` each."""
 
     file: Path | None = None
-    n_prompts: int = 8
-    new_tokens: int = 128
+    # SmolLM2-135M int4g64 GPTQ, perplexity on 2048 tokens (fp32 15.24): 8 x 128 tokens 18.35, 16 x 256 17.64.
+    n_prompts: int = 16
+    new_tokens: int = 256
     seq_len: int = 256
     max_tokens: int = 8192  # more text adds time, not much quality, for GPTQ on a small model
     min_tokens: int = 256
@@ -92,7 +93,7 @@ class QuantConfig:
     weights: WeightFormat
     method: str = "rtn"
     calibration: CalibrationConfig = CalibrationConfig()
-    act_order: bool = False
+    act_order: bool = True  # SmolLM2-135M int4g64: perplexity 18.35 with, 20.39 without (2048 tokens, fp32 15.24)
     damp: float = 0.01  # GPTQ dampening, a fraction of the Hessian's mean diagonal
 
     def __post_init__(self) -> None:
@@ -104,13 +105,15 @@ class QuantConfig:
 
 def quant_config_from_options(weights: str | None, group_size: int | None = None, symmetric: bool = False,
                               method: str | None = None, calib: str | None = None,
-                              act_order: bool = False) -> QuantConfig | None:
+                              act_order: bool | None = None) -> QuantConfig | None:
     """`edgekit export`'s quantization options as a QuantConfig (None: no --weights, keep the source's)."""
     if weights is None:
-        given = [opt for opt, value in (("--group-size", group_size), ("--symmetric", symmetric),
-                                        ("--method", method), ("--calib", calib), ("--act-order", act_order)) if value]
+        options = (("--group-size", group_size), ("--symmetric", symmetric), ("--method", method),
+                   ("--calib", calib), ("--act-order", act_order is not None))
+        given = [opt for opt, value in options if value]
         if given:
             raise EdgekitError(f"{given[0]} needs --weights (one of int8, int4, int3, int2)")
         return None
     fmt = WeightFormat.parse(weights, group_size, symmetric)
-    return QuantConfig(fmt, method or "rtn", CalibrationConfig(file=Path(calib) if calib else None), act_order)
+    return QuantConfig(fmt, method or "rtn", CalibrationConfig(file=Path(calib) if calib else None),
+                       True if act_order is None else act_order)
