@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 from edgekit.exporters.quantize.calibration import calibration_windows, file_windows
-from edgekit.exporters.quantize.gptq import gptq_quantize
 from edgekit.exporters.quantize.rtn import quantize_rtn
 from edgekit.exporters.quantize.spec import QuantConfig, WeightFormat
 from edgekit.exporters.weights import LINEAR_NAMES, Weight
@@ -97,6 +96,7 @@ def quantize_source(source: Any, config: QuantConfig, tokenizer: Tokenizer) -> Q
             windows = calibration_windows(model, tokenizer, cal)
         calibration = (f"{Path(cal.file).name}" if cal.file is not None else "self-generated") + \
             f", {windows.size} tokens"
+        from edgekit.exporters.quantize.gptq import gptq_quantize  # torch: only for the data-aware method
         from edgekit.exporters.quantize.sequential import gptq_model
 
         def gptq(fmt: WeightFormat, name: str, w: np.ndarray, h: np.ndarray) -> BlockQuantWeight:
