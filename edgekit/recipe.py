@@ -2,7 +2,8 @@
 
 For an imported checkpoint the recipe records the formats the weights arrived in (kept as they are);
 for a quantized export, the method and its settings (bits, group size, symmetric, calibration text)
-and, per tensor, the format it got (e.g. `int4g64`; the embedding keeps at least 4 bits).
+and, per tensor, the format it got (e.g. `int4g64`; the embedding 8 bits unless a plan says otherwise),
+how a mixed plan was chosen, and the bits per weight the package stores.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ class Recipe:
     symmetric: bool = False
     act_order: bool = False  # GPTQ's column order by decreasing Hessian diagonal
     calibration: str | None = None  # e.g. "self-generated, 1064 tokens"
+    plan: str | None = None  # how mixed formats were chosen: "plan mixed.yaml", "target 3.5 bpw by ..."
+    bits_per_weight: float | None = None  # stored bits (codes, scales, offsets) per projection weight
+    bits_per_weight_all: float | None = None  # the same over every quantized tensor, embedding included
 
     def summary(self) -> dict[str, int]:
         return dict(Counter(self.tensor_formats.values()))
@@ -32,4 +36,5 @@ class Recipe:
     def from_dict(cls, d: dict[str, Any]) -> Recipe:
         return cls(method=d["method"], tensor_formats=dict(d["tensor_formats"]), bits=d.get("bits"),
                    group_size=d.get("group_size"), symmetric=bool(d.get("symmetric", False)),
-                   act_order=bool(d.get("act_order", False)), calibration=d.get("calibration"))
+                   act_order=bool(d.get("act_order", False)), calibration=d.get("calibration"), plan=d.get("plan"),
+                   bits_per_weight=d.get("bits_per_weight"), bits_per_weight_all=d.get("bits_per_weight_all"))

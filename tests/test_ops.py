@@ -16,22 +16,33 @@ from edgekit.runtime.lowering import lower
 
 RNG = np.random.default_rng(0)
 N, K, BLOCK = 96, 256, 32
+WIDTHS = [K, 200]  # 200 = 6 whole blocks of 32 and a short last block of 8
 
 
-def _weight(bits: int, offsets: str = "free") -> BlockQuantWeight:
-    codes = RNG.integers(0, 2**bits, (N, K)).astype(np.uint8)
-    scales = RNG.standard_normal((N, K // BLOCK)).astype(np.float16).astype(np.float32)
-    off = {"free": RNG.standard_normal((N, K // BLOCK)).astype(np.float16).astype(np.float32),
+def _weight(bits: int, offsets: str = "free", k: int = K) -> BlockQuantWeight:
+    codes = RNG.integers(0, 2**bits, (N, k)).astype(np.uint8)
+    nb = -(-k // BLOCK)
+    scales = RNG.standard_normal((N, nb)).astype(np.float16).astype(np.float32)
+    off = {"free": RNG.standard_normal((N, nb)).astype(np.float16).astype(np.float32),
            "zero_point": -(2.0 ** (bits - 1)) * scales}[offsets]
     return BlockQuantWeight(codes, scales, off.astype(np.float32), bits, BLOCK, "test")
 
 
+@pytest.mark.parametrize("k", WIDTHS)
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
-def test_pack_unpack_round_trip(bits: int) -> None:
-    codes = RNG.integers(0, 2**bits, (N, K)).astype(np.uint8)
+def test_pack_unpack_round_trip(bits: int, k: int) -> None:
+    codes = RNG.integers(0, 2**bits, (N, k)).astype(np.uint8)
     packed = pack_codes(codes, bits, BLOCK)
-    assert packed.shape == (N, K // BLOCK, BLOCK * bits // 8)
-    np.testing.assert_array_equal(unpack_codes(packed, bits).reshape(N, K), codes)
+    assert packed.shape == (N, -(-k // BLOCK), BLOCK * bits // 8)
+    np.testing.assert_array_equal(unpack_codes(packed, bits)[:, :k], codes)
+    assert not unpack_codes(packed, bits)[:, k:].any()
+
+
+def test_short_last_block_dequantizes_only_real_weights() -> None:
+    w = _weight(4, k=200)
+    full = w.codes.astype(np.float32) * np.repeat(w.scales, BLOCK, axis=1)[:, :200] + \
+        np.repeat(w.offsets, BLOCK, axis=1)[:, :200]
+    np.testing.assert_array_equal(w.dequantize(), full)
 
 
 def test_pack_layout_is_low_nibble_first() -> None:
@@ -65,21 +76,23 @@ def _run(m: onnx.ModelProto, feeds: dict) -> np.ndarray:
 
 
 def _matmul_model(op: type, w: BlockQuantWeight) -> onnx.ModelProto:
+    k = w.shape[1]
     inits = [numpy_helper.from_array(pack_codes(w.codes, w.bits, BLOCK), "B"),
              numpy_helper.from_array(w.scales.astype(np.float16), "s"),
              numpy_helper.from_array(w.offsets.astype(np.float16), "o")]
-    node = op.make_node(["A", "B", "s", "o"], ["Y"], "mm", K=K, N=N, block_size=BLOCK)
-    return _model(node, [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, "S", K])], [1, "S", N], inits,
+    node = op.make_node(["A", "B", "s", "o"], ["Y"], "mm", K=k, N=N, block_size=BLOCK)
+    return _model(node, [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, "S", k])], [1, "S", N], inits,
                   op.op_type)
 
 
+@pytest.mark.parametrize("k", WIDTHS)
 @pytest.mark.parametrize("op", [MatMulBlockQ2, MatMulBlockQ3, MatMulBlockQ4, MatMulBlockQ8])
 @pytest.mark.parametrize("offsets", ["free", "zero_point"])
-def test_matmul_reference_body_and_lowering_agree(op: type, offsets: str) -> None:
-    w = _weight(op.bits, offsets)
-    a = RNG.standard_normal((1, 3, K)).astype(np.float32)
+def test_matmul_reference_body_and_lowering_agree(op: type, offsets: str, k: int) -> None:
+    w = _weight(op.bits, offsets, k)
+    a = RNG.standard_normal((1, 3, k)).astype(np.float32)
     packed = pack_codes(w.codes, w.bits, BLOCK)
-    ref = op.reference(a, packed, w.scales.astype(np.float16), w.offsets.astype(np.float16), K=K, N=N, block_size=BLOCK)
+    ref = op.reference(a, packed, w.scales.astype(np.float16), w.offsets.astype(np.float16), K=k, N=N, block_size=BLOCK)
     np.testing.assert_allclose(ref, a @ w.dequantize().T, rtol=1e-5, atol=1e-3)
     m = _matmul_model(op, w)
     tol = dict(rtol=1e-4, atol=1e-3 * np.abs(ref).max())
@@ -91,17 +104,18 @@ def test_matmul_reference_body_and_lowering_agree(op: type, offsets: str) -> Non
     np.testing.assert_allclose(_run(fast, {"A": a}), ref, rtol=0, atol=0.03 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("k", WIDTHS)
 @pytest.mark.parametrize("op", [GatherBlockQ4, GatherBlockQ8])
-def test_gather_reference_and_body_agree(op: type) -> None:
-    w = _weight(op.bits)
+def test_gather_reference_and_body_agree(op: type, k: int) -> None:
+    w = _weight(op.bits, k=k)
     packed = pack_codes(w.codes, w.bits, BLOCK)
     ids = np.array([[5, 0, 95, 5]], np.int64)
-    ref = op.reference(packed, w.scales, w.offsets, ids, K=K, block_size=BLOCK)
+    ref = op.reference(packed, w.scales, w.offsets, ids, K=k, block_size=BLOCK)
     np.testing.assert_array_equal(ref, w.dequantize()[ids])
     inits = [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(w.scales, "s"),
              numpy_helper.from_array(w.offsets, "o")]
-    node = op.make_node(["B", "s", "o", "ids"], ["Y"], "g", K=K, block_size=BLOCK)
-    m = _model(node, [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "S"])], [1, "S", K], inits,
+    node = op.make_node(["B", "s", "o", "ids"], ["Y"], "g", K=k, block_size=BLOCK)
+    m = _model(node, [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "S"])], [1, "S", k], inits,
                op.op_type)
     np.testing.assert_array_equal(_run(m, {"ids": ids}), ref)
 

@@ -16,6 +16,7 @@ from edgekit.errors import EdgekitError
 from edgekit.recipe import Recipe
 from edgekit.exporters.pipeline import prepare, write_package
 from edgekit.exporters.quantize import CalibrationConfig, QuantConfig, WeightFormat
+from edgekit.exporters.quantize.allocation import Unit, allocate
 from edgekit.exporters.quantize.gptq import gptq_quantize, output_error
 from edgekit.exporters.quantize.rtn import quantize_rtn
 from edgekit.exporters.quantize.sequential import write_fake_quantized
@@ -37,8 +38,8 @@ def test_format_names_round_trip(fmt: WeightFormat) -> None:
 
 def test_format_name_options_fill_in() -> None:
     assert WeightFormat.parse("int3", group_size=128, symmetric=True).name == "int3g128sym"
-    assert WeightFormat.parse("int2").for_embedding() == WeightFormat(4)
-    assert WeightFormat.parse("int8g32").for_embedding() == WeightFormat(8, 32)
+    assert WeightFormat.parse("int2").for_embedding() == WeightFormat(8)
+    assert WeightFormat.parse("int4g32sym").for_embedding() == WeightFormat(8, 32, True)
 
 
 @pytest.mark.parametrize("name,message", [("int5", "unknown weight format 'int5'"), ("fp4", "unknown weight format"),
@@ -119,12 +120,12 @@ def test_untied_output_layer_and_calibration_file(tmp_path: Path) -> None:
     calib.write_text("Calibration text about rivers, mountains and the sea, written plainly. " * 40)
     config = QuantConfig(WeightFormat(4, 32), "gptq", CalibrationConfig(file=calib, seq_len=128))
     recipe = _export_and_compare(tmp_path, src, config)
-    assert recipe["tensor_formats"]["lm_head"] == "int4g32" and recipe["calibration"].startswith("calib.txt, ")
+    assert recipe["tensor_formats"]["lm_head"] == "int8g32" and recipe["calibration"].startswith("calib.txt, ")
 
 
 def test_gguf_source_is_requantized(tmp_path: Path, tiny_gguf_file: Path) -> None:
     recipe = _export_and_compare(tmp_path, tiny_gguf_file, QuantConfig(WeightFormat(3, 32), "rtn"))
-    assert recipe["summary"] == {"int3g32": 14, "int4g32": 1}
+    assert recipe["summary"] == {"int3g32": 14, "int8g32": 1}
 
 
 # -- CLI and bad input ----------------------------------------------------------------------------------------
@@ -138,16 +139,18 @@ def test_cli_export_writes_quantized_package(tmp_path: Path, tiny_hf: Path) -> N
                     "--symmetric"])
     assert code == 0
     recipe = json.loads((tmp_path / "out" / "manifest.json").read_text())["recipe"]
-    assert recipe["summary"] == {"int4g32sym": 15} and recipe["symmetric"]
+    assert recipe["summary"] == {"int4g32sym": 14, "int8g32sym": 1} and recipe["symmetric"]
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--weights", "int4", "--group-size", "128"], "tensor embed: row size 64 is not a multiple of the group size 128"),
+    (["--weights", "int4", "--group-size", "128"], "tensor embed: row size 64 is smaller than the group size 128"),
     (["--weights", "int5"], "unknown weight format 'int5'"),
     (["--weights", "int4g64", "--group-size", "32"], "disagree"),
     (["--weights", "int4", "--method", "awq"], "unknown quantization method 'awq'"),
     (["--weights", "int4", "--calib", "x.txt"], "--calib is only used by a data-aware method"),
-    (["--group-size", "32"], "--group-size needs --weights"),
+    (["--group-size", "32"], "--group-size needs --weights, --plan or --target-bpw"),
+    (["--target-bpw", "1.5"], "--target-bpw 1.5 is out of range"),
+    (["--weights", "int4", "--plan", "missing.yaml"], "missing.yaml: cannot read the plan file"),
     (["--weights", "int4", "--method", "gptq", "--calib", "missing.txt"], "cannot read the calibration file"),
 ])
 def test_bad_quantization_options(tmp_path: Path, tiny_hf: Path, args: list[str], message: str) -> None:
@@ -174,3 +177,73 @@ def test_real_model_int4_package_still_answers(tmp_path: Path) -> None:
     assert manifest["recipe"]["summary"] == {"int4g64": 211}
     assert manifest["files"]["model.onnx.data"]["size"] < 85e6  # 4.5 bits per weight, not float32
     assert "Paris" in load(tmp_path / "pkg").generate("The capital of France is", gen=GenerationConfig(max_new_tokens=4))
+
+
+# -- mixed precision: plan files and a bit budget -------------------------------------------------------------
+PLAN = """
+default: int4g32
+rules:
+  - match: "layers.*.down"
+    weights: int8
+  - match: ["layers.0.q", "layers.0.k"]
+    bits: 2
+    group_size: 64
+  - match: "layers.0.*"
+    weights: int3g32sym
+  - match: embed
+    weights: int4g64
+"""
+
+
+def test_plan_file_gives_each_tensor_its_first_matching_rule(tmp_path: Path, tiny_hf: Path) -> None:
+    (tmp_path / "plan.yaml").write_text(PLAN)
+    recipe = _export_and_compare(tmp_path, tiny_hf, QuantConfig(None, "rtn", plan=tmp_path / "plan.yaml",
+                                                                group_size=32))
+    f = recipe["tensor_formats"]
+    assert (f["layers.0.down"], f["layers.1.down"]) == ("int8g32", "int8g32")
+    assert (f["layers.0.q"], f["layers.0.k"], f["layers.0.v"], f["layers.1.q"]) == \
+        ("int2g64", "int2g64", "int3g32sym", "int4g32")
+    assert f["embed"] == "int4g64" and recipe["bits"] is None and recipe["plan"] == "plan plan.yaml"
+    # q, k: 2-bit codes + 32 bits per 64 weights; v, o, gate, up: 3/3/3/3 (layer 0), 4 (layer 1) + 1 per weight
+    shapes = {"q": 64 * 64, "k": 32 * 64, "v": 32 * 64, "o": 64 * 64, "gate": 128 * 64, "up": 128 * 64, "down": 8192}
+    bits = {"int2g64": 2.5, "int3g32sym": 4, "int4g32": 5, "int8g32": 9}
+    total = sum(shapes[n.split(".")[2]] * bits[f[n]] for n in f if n.startswith("layers."))
+    assert recipe["bits_per_weight"] == pytest.approx(total / (2 * sum(shapes.values())), abs=1e-4)
+
+
+@pytest.mark.parametrize("plan,message", [
+    ("rules:\n  - match: 'layers.*.qkv'\n    weights: int4\n", r"rule 1 \(layers\.\*\.qkv\) matches no tensor"),
+    ("rules:\n  - match: 'layers.0.q'\n    weights: int4\n", "tensor layers.0.k has no format"),
+    ("rules:\n  - match: 'embed'\n    wieghts: int4\n", "rule 1: expected keys match and weights"),
+    ("rules:\n  - match: 'embed'\n    weights: int7\n", "unknown weight format 'int7'"),
+    ("rules: [unclosed\n", "not valid YAML"),
+    ("- just a list\n", "expected a mapping with `rules:`"),
+])
+def test_bad_plan_files(tmp_path: Path, tiny_hf: Path, plan: str, message: str) -> None:
+    (tmp_path / "plan.yaml").write_text(plan)
+    code, err = _cli(["export", str(tiny_hf), "-o", str(tmp_path / "out"), "--plan", str(tmp_path / "plan.yaml")])
+    assert code == 2 and len(err.splitlines()) == 1 and re.search(message, err) and "plan.yaml" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def _unit(name: str, n_weights: int, costs: dict[int, float]) -> Unit:
+    return Unit((name,), ((n_weights // 64, 64),), {WeightFormat(b, 64): c for b, c in costs.items()})
+
+
+def test_allocation_spends_bits_where_they_buy_the_most() -> None:
+    sensitive = _unit("a", 4096, {2: 9.0, 3: 4.0, 4: 1.0, 8: 0.0})
+    robust = _unit("b", 4096, {2: 0.3, 3: 0.1, 4: 0.05, 8: 0.0})
+    chosen = allocate([sensitive, robust], 3.5)
+    assert chosen == {("a",): WeightFormat(4, 64), ("b",): WeightFormat(2, 64)}  # 4.5 + 2.5 = 3.5 per weight
+    assert allocate([sensitive, robust], 8.5) == {("a",): WeightFormat(8, 64), ("b",): WeightFormat(8, 64)}
+    with pytest.raises(EdgekitError, match="narrowest formats already take 2.50 bits per weight"):
+        allocate([sensitive, robust], 2.2)
+
+
+def test_target_bpw_export_stays_within_budget_and_orders_by_sensitivity(tmp_path: Path, tiny_hf: Path) -> None:
+    config = QuantConfig(None, "rtn", FAST_CALIBRATION, target_bpw=4.0, group_size=32)
+    recipe = _export_and_compare(tmp_path, tiny_hf, config)
+    # Tiny model: one unit (gate+up of a layer) is 22% of the weights, so the budget is met to a unit's step.
+    assert 3.7 <= recipe["bits_per_weight"] <= 4.0 and recipe["plan"] == "target 4.0 bpw by measured sensitivity"
+    assert len({f for n, f in recipe["tensor_formats"].items() if n.startswith("layers.")}) > 1
+    assert recipe["tensor_formats"]["embed"] == "int8g32"

@@ -3,6 +3,9 @@
 Every supported block format (GGUF Q4_0/Q4_1/Q8_0, edgekit's own group-wise intN) is exactly
 `W[n, k] = scales[n, k // B] * codes[n, k] + offsets[n, k // B]` in float32, with unsigned codes.
 Keeping one form means one set of ops, one reference kernel and one lowering.
+
+K need not be a multiple of B: the last block of a row is then short (K mod B weights), as in
+MatMulNBits, whose block counts are ceil(K / B). A width like SmolLM2's 576 can so take 128-blocks.
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgekit.formats.packing import pad_to_blocks
+
 
 @dataclass
 class BlockQuantWeight:
-    """A [N, K] weight: `codes` uint8 [N, K] (< 2**bits), `scales`/`offsets` float32 [N, K // block_size]."""
+    """A [N, K] weight: `codes` uint8 [N, K] (< 2**bits), `scales`/`offsets` float32 [N, ceil(K / block_size)]."""
 
     codes: np.ndarray
     scales: np.ndarray
@@ -25,9 +30,7 @@ class BlockQuantWeight:
 
     def __post_init__(self) -> None:
         n, k = self.codes.shape
-        if k % self.block_size:
-            raise ValueError(f"row size ({k}) is not a multiple of the block size ({self.block_size})")
-        expected = (n, k // self.block_size)
+        expected = (n, -(-k // self.block_size))
         if self.scales.shape != expected or self.offsets.shape != expected:
             raise ValueError(
                 f"scales {self.scales.shape} / offsets {self.offsets.shape} do not match {expected} for codes {(n, k)}"
@@ -40,9 +43,9 @@ class BlockQuantWeight:
     def dequantize(self) -> np.ndarray:
         """The exact float32 weight [N, K]: the product and the sum are each rounded once, in float32."""
         n, k = self.codes.shape
-        blocks = self.codes.reshape(n, k // self.block_size, self.block_size).astype(np.float32)
+        blocks = pad_to_blocks(self.codes, self.block_size).reshape(n, -1, self.block_size).astype(np.float32)
         w = blocks * self.scales.astype(np.float32)[:, :, None] + self.offsets.astype(np.float32)[:, :, None]
-        return w.reshape(n, k)
+        return np.ascontiguousarray(w.reshape(n, -1)[:, :k])
 
     def take_rows(self, rows: np.ndarray) -> BlockQuantWeight:
         """Rows reordered (an exact operation: blocks run along K, so a row is self-contained)."""

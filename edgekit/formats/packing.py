@@ -1,7 +1,7 @@
 """Bit packing of codes into bytes, in the layout of ONNX Runtime's MatMulNBits.
 
-MatMulNBits takes B as uint8 [N, K / block, block * bits / 8] with codes packed low bits first
-along K. edgekit's ops store codes in exactly this layout so that lowering to the native kernel
+MatMulNBits takes B as uint8 [N, ceil(K / block), block * bits / 8] with codes packed low bits first
+along K, a short last block zero-padded. edgekit's ops store codes in exactly this layout so that lowering to the native kernel
 moves no weight bytes (2, 4 and 8 bits).
 
 One rule packs every width: a group of lcm(bits, 8) bits holds `lcm / bits` codes, code i in bits
@@ -33,12 +33,17 @@ def _word_type(n_bytes: int) -> type[np.unsignedinteger]:
     return np.uint8 if n_bytes == 1 else np.uint32
 
 
+def pad_to_blocks(codes: np.ndarray, block_size: int) -> np.ndarray:
+    """[N, K] -> [N, ceil(K / block_size) * block_size], zeros appended (the codes of a short last block's padding)."""
+    pad = -codes.shape[1] % block_size
+    return np.pad(codes, ((0, 0), (0, pad))) if pad else codes
+
+
 def pack_codes(codes: np.ndarray, bits: int, block_size: int) -> np.ndarray:
-    """uint8 codes [N, K] (< 2**bits) -> packed uint8 [N, K // block_size, block_size * bits // 8]."""
-    n, k = codes.shape
+    """uint8 codes [N, K] (< 2**bits) -> packed uint8 [N, ceil(K / block_size), block_size * bits // 8]."""
     per, n_bytes = code_group(bits)
-    if k % block_size:
-        raise ValueError(f"row size ({k}) is not a multiple of the block size ({block_size})")
+    codes = pad_to_blocks(codes, block_size)
+    n, k = codes.shape
     if block_size % per:
         raise ValueError(f"{bits}-bit codes pack {per} to a group: block size {block_size} is not a multiple of {per}")
     word = _word_type(n_bytes)
@@ -49,7 +54,8 @@ def pack_codes(codes: np.ndarray, bits: int, block_size: int) -> np.ndarray:
 
 
 def unpack_codes(packed: np.ndarray, bits: int) -> np.ndarray:
-    """Packed uint8 [..., blocks, bytes] -> codes uint8 [..., blocks * block_size] (inverse of pack_codes)."""
+    """Packed uint8 [..., blocks, bytes] -> codes uint8 [..., blocks * block_size] (inverse of pack_codes; a short
+    last block's zero padding included: slice to K)."""
     per, n_bytes = code_group(bits)
     word = _word_type(n_bytes)
     groups = packed.reshape(*packed.shape[:-1], -1, n_bytes).astype(word)

@@ -1,7 +1,8 @@
 """Dequantization shared by the block-quantized ops: numpy for the reference, ONNX nodes for the body.
 
 Semantics (docs/ops.md): W[r, b * B + j] = float(scales[r, b]) * code[r, b, j] + float(offsets[r, b]),
-computed in float32. B holds codes packed as in edgekit.formats.packing.
+computed in float32, for k < K. B holds codes packed as in edgekit.formats.packing; when K is not a
+multiple of B the last block is short and its padding codes are dropped.
 """
 
 from __future__ import annotations
@@ -13,21 +14,34 @@ from onnx import TensorProto, helper, numpy_helper
 from edgekit.formats.packing import code_group, unpack_codes
 
 
-def dequantize_blocks(packed: np.ndarray, scales: np.ndarray, offsets: np.ndarray, bits: int) -> np.ndarray:
-    """packed uint8 [R, nb, bytes], scales/offsets [R, nb] -> float32 [R, nb * block]."""
+def dequantize_blocks(packed: np.ndarray, scales: np.ndarray, offsets: np.ndarray, bits: int, k: int) -> np.ndarray:
+    """packed uint8 [R, nb, bytes], scales/offsets [R, nb] -> float32 [R, k] (k <= nb * block)."""
     codes = unpack_codes(packed, bits).reshape(*scales.shape, -1).astype(np.float32)
     w = codes * scales.astype(np.float32)[..., None] + offsets.astype(np.float32)[..., None]
-    return w.reshape(scales.shape[0], -1)
+    return w.reshape(scales.shape[0], -1)[:, :k]
 
 
 def const_node(name: str, value: np.ndarray) -> onnx.NodeProto:
     return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value))
 
 
+def attribute_constant(name: str, attribute: str) -> onnx.NodeProto:
+    """A Constant node whose int64 scalar value is the calling node's attribute `attribute` (a function body's
+    attribute reference)."""
+    ref = onnx.AttributeProto(name="value_int", type=onnx.AttributeProto.INT, ref_attr_name=attribute)
+    node = helper.make_node("Constant", [], [name])
+    node.attribute.append(ref)
+    return node
+
+
 def dequant_nodes(bits: int, packed: str, scales: str, offsets: str, out: str) -> list[onnx.NodeProto]:
-    """Nodes turning packed [R, nb, bytes] + scales/offsets [R, nb] into float32 W [R, K] named `out`."""
+    """Nodes turning packed [R, nb, bytes] + scales/offsets [R, nb] into float32 W [R, K] named `out` (K: the
+    calling node's attribute; a short last block's padding is sliced off)."""
     nodes = [
         const_node("axis_last", np.array([-1], dtype=np.int64)),
+        const_node("zero_1d", np.array([0], dtype=np.int64)),
+        const_node("one_1d", np.array([1], dtype=np.int64)),
+        attribute_constant("k_scalar", "K"),
         const_node("shape_rows_blocks", np.array([0, 0, -1], dtype=np.int64)),
         const_node("shape_rows", np.array([0, -1], dtype=np.int64)),
     ]
@@ -40,7 +54,9 @@ def dequant_nodes(bits: int, packed: str, scales: str, offsets: str, out: str) -
         helper.make_node("Unsqueeze", ["offsets_f", "axis_last"], ["offsets_u"]),
         helper.make_node("Mul", ["codes_f", "scales_u"], ["scaled"]),
         helper.make_node("Add", ["scaled", "offsets_u"], ["w_blocks"]),
-        helper.make_node("Reshape", ["w_blocks", "shape_rows"], [out]),
+        helper.make_node("Reshape", ["w_blocks", "shape_rows"], ["w_padded"]),
+        helper.make_node("Reshape", ["k_scalar", "axis_last"], ["k_1d"]),
+        helper.make_node("Slice", ["w_padded", "zero_1d", "k_1d", "one_1d"], [out]),
     ]
     return nodes
 

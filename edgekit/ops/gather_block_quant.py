@@ -23,7 +23,7 @@ class _GatherBlockQuant(EdgekitOp):
     def reference(cls, *inputs: np.ndarray, **attrs: int) -> np.ndarray:
         packed, scales, offsets, indices = inputs
         flat = indices.reshape(-1)
-        rows = dequantize_blocks(packed[flat], scales[flat], offsets[flat], cls.bits)
+        rows = dequantize_blocks(packed[flat], scales[flat], offsets[flat], cls.bits, attrs["K"])
         return rows.reshape(*indices.shape, attrs["K"])
 
     @classmethod

@@ -1,6 +1,6 @@
 """MatMulBlockQ2 / Q3 / Q4 / Q8: Y = A · Wᵀ with W block-quantized (see docs/ops.md).
 
-Inputs: A float32 [..., K]; B uint8 [N, K/block, block*bits/8]; scales, offsets float16|float32 [N, K/block].
+Inputs: A float32 [..., K]; B uint8 [N, ceil(K/block), block*bits/8]; scales, offsets float16|float32 [N, ceil(K/block)].
 Attributes: K, N, block_size. Output: Y float32 [..., N].
 """
 
@@ -22,7 +22,7 @@ class _MatMulBlockQuant(EdgekitOp):
     @classmethod
     def reference(cls, *inputs: np.ndarray, **attrs: int) -> np.ndarray:
         a, packed, scales, offsets = inputs
-        w = dequantize_blocks(packed, scales, offsets, cls.bits)
+        w = dequantize_blocks(packed, scales, offsets, cls.bits, attrs["K"])
         if w.shape != (attrs["N"], attrs["K"]):
             raise ValueError(f"{cls.op_type}: weight is {w.shape}, attributes say {(attrs['N'], attrs['K'])}")
         return (a.astype(np.float32) @ w.T).astype(np.float32)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from edgekit.exporters.quantize.rtn import decode, encode, group_params
+from edgekit.exporters.quantize.rtn import decode, encode, group_params, grouped
 from edgekit.exporters.quantize.spec import WeightFormat
 
 from edgekit.formats import BlockQuantWeight
@@ -64,11 +64,11 @@ def _gptq(w: np.ndarray, hessian: np.ndarray, fmt: WeightFormat, act_order: bool
     dead = h.diagonal() == 0  # inputs that are always 0: their weights cannot matter
     h[dead, dead] = 1.0
     work[:, dead] = 0.0
-    scales = np.zeros((n, k // g), np.float32)
-    offsets = np.zeros((n, k // g), np.float32)
+    scales = np.zeros((n, -(-k // g)), np.float32)
+    offsets = np.zeros_like(scales)
     if act_order:
         perm = torch.argsort(h.diagonal(), descending=True, stable=True)
-        scales[:], offsets[:] = group_params(work.numpy().reshape(n, k // g, g), fmt)
+        scales[:], offsets[:] = group_params(grouped(work.numpy(), g), fmt)
     else:
         perm = torch.arange(k)
     h = h[perm][:, perm]

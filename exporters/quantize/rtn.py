@@ -56,10 +56,18 @@ def decode(codes: np.ndarray, scales: np.ndarray, offsets: np.ndarray) -> np.nda
     return (codes.astype(np.float32) * scales.astype(np.float32) + offsets.astype(np.float32)).astype(np.float32)
 
 
+def grouped(w: np.ndarray, group_size: int) -> np.ndarray:
+    """float32 [N, K] -> [N, ceil(K / G), G]. A short last group is padded with copies of its last weight, which
+    change neither its minimum, maximum nor largest magnitude, so group_params sees only real weights."""
+    pad = -w.shape[1] % group_size
+    padded = np.pad(w.astype(np.float32), ((0, 0), (0, pad)), mode="edge") if pad else w.astype(np.float32)
+    return padded.reshape(w.shape[0], -1, group_size)
+
+
 def quantize_rtn(w: np.ndarray, fmt: WeightFormat) -> BlockQuantWeight:
-    """float32 [N, K] -> BlockQuantWeight with `fmt`'s bits and group size (K must be a multiple of it)."""
+    """float32 [N, K] -> BlockQuantWeight with `fmt`'s bits and group size (a short last group where G ∤ K)."""
     n, k = w.shape
-    groups = w.astype(np.float32).reshape(n, k // fmt.group_size, fmt.group_size)
+    groups = grouped(w, fmt.group_size)
     scales, offsets = group_params(groups, fmt)
-    codes = encode(groups, scales[..., None], offsets[..., None], fmt.bits).reshape(n, k)
-    return BlockQuantWeight(codes, scales, offsets, fmt.bits, fmt.group_size, fmt.name)
+    codes = encode(groups, scales[..., None], offsets[..., None], fmt.bits).reshape(n, -1)[:, :k]
+    return BlockQuantWeight(np.ascontiguousarray(codes), scales, offsets, fmt.bits, fmt.group_size, fmt.name)

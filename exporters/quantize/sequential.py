@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from edgekit.exporters.quantize.spec import WeightFormat
 
 from edgekit.formats import BlockQuantWeight
 from edgekit.progress import progress
@@ -25,7 +26,7 @@ PROJECTIONS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn
 # Projections that read one input, quantized as one stacked matrix with one Hessian.
 SHARED_INPUT_GROUPS = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
 
-QuantizeFn = Callable[[str, np.ndarray, np.ndarray], BlockQuantWeight]
+QuantizeFn = Callable[[WeightFormat, np.ndarray, np.ndarray], BlockQuantWeight]
 
 
 class _InputHessian:
@@ -51,7 +52,7 @@ class _Captured(Exception):
     pass
 
 
-def _first_layer_inputs(model: object, windows: np.ndarray) -> tuple[object, dict]:
+def first_layer_inputs(model: object, windows: np.ndarray) -> tuple[object, dict]:
     """The hidden states entering decoder layer 0 and the keyword arguments the model passes every layer
     (rotary embeddings, mask, positions), captured by stopping the forward pass there."""
     import torch
@@ -72,7 +73,7 @@ def _first_layer_inputs(model: object, windows: np.ndarray) -> tuple[object, dic
     return captured["hidden"], captured["kwargs"]  # type: ignore[return-value]
 
 
-def _run_layer(layer: object, hidden: object, kwargs: dict) -> object:
+def run_layer(layer: object, hidden: object, kwargs: dict) -> object:
     out = layer(hidden, **kwargs)  # type: ignore[operator]
     return out[0] if isinstance(out, tuple) else out
 
@@ -103,43 +104,46 @@ def write_fake_quantized(model: object, weights: dict[str, BlockQuantWeight]) ->
             _set_weight(torch_module(model, name), w)
 
 
-def gptq_model(model: object, windows: np.ndarray, quantize: QuantizeFn, quantize_head: QuantizeFn | None,
+def gptq_model(model: object, windows: np.ndarray, formats: dict[str, WeightFormat], quantize: QuantizeFn,
                ) -> dict[str, BlockQuantWeight]:
     """Quantize every projection of `model` (a transformers causal LM, float32, modified in place: it ends up
-    holding the fake-quantized weights) and, with `quantize_head`, its output layer. windows: int64 [n, L].
-    Returns BlockQuantWeights under canonical names (`layers.{i}.{q,...}`, and `embed` for a tied output
-    layer or `lm_head` for a separate one)."""
+    holding the fake-quantized weights) in its format from `formats` (canonical name -> format) and, when
+    `formats` names it, its output layer (`embed` for a tied one, `lm_head` for a separate one).
+    windows: int64 [n, L]. Returns BlockQuantWeights under canonical names."""
     import torch
 
     out: dict[str, BlockQuantWeight] = {}
     layers = model.model.layers  # type: ignore[attr-defined]
     with torch.no_grad():
-        hidden, kwargs = _first_layer_inputs(model, windows)
+        hidden, kwargs = first_layer_inputs(model, windows)
         for i in progress(range(len(layers)), "GPTQ layers", total=len(layers)):
             layer = layers[i]
             modules = {name: layer.get_submodule(path) for name, path in PROJECTIONS.items()}
             hooks = {group: _InputHessian() for group in SHARED_INPUT_GROUPS}
             handles = [modules[group[0]].register_forward_hook(h) for group, h in hooks.items()]
             try:
-                _run_layer(layer, hidden, kwargs)
+                run_layer(layer, hidden, kwargs)
             finally:
                 for handle in handles:
                     handle.remove()
             for group, h in hooks.items():
-                weights = [modules[name].weight.detach().numpy() for name in group]
-                stacked = quantize(f"layers.{i}.{'_'.join(group)}", np.concatenate(weights), h.hessian)
-                start = 0
-                for name, w in zip(group, weights):
-                    part = stacked.take_rows(np.arange(start, start + w.shape[0]))
-                    start += w.shape[0]
-                    out[f"layers.{i}.{name}"] = part
-                    _set_weight(modules[name], part)
-            hidden = _run_layer(layer, hidden, kwargs)
-        if quantize_head is not None:
+                # Rows are independent in GPTQ given H: tensors of one format are stacked into one call.
+                for fmt in dict.fromkeys(formats[f"layers.{i}.{name}"] for name in group):
+                    names = [name for name in group if formats[f"layers.{i}.{name}"] == fmt]
+                    weights = [modules[name].weight.detach().numpy() for name in names]
+                    stacked = quantize(fmt, np.concatenate(weights), h.hessian)
+                    start = 0
+                    for name, w in zip(names, weights):
+                        part = stacked.take_rows(np.arange(start, start + w.shape[0]))
+                        start += w.shape[0]
+                        out[f"layers.{i}.{name}"] = part
+                        _set_weight(modules[name], part)
+            hidden = run_layer(layer, hidden, kwargs)
+        tied = model.lm_head.weight is model.model.embed_tokens.weight  # type: ignore[attr-defined]
+        head = "embed" if tied else "lm_head"
+        if head in formats:
             head_hessian = _InputHessian()
             head_hessian(None, (model.model.norm(hidden),), None)  # type: ignore[attr-defined]
-            tied = model.lm_head.weight is model.model.embed_tokens.weight  # type: ignore[attr-defined]
-            name = "embed" if tied else "lm_head"
-            out[name] = quantize_head(name, model.lm_head.weight.detach().numpy(), head_hessian.hessian)  # type: ignore[attr-defined]
-            _set_weight(model.lm_head, out[name])  # type: ignore[attr-defined]
+            out[head] = quantize(formats[head], model.lm_head.weight.detach().numpy(), head_hessian.hessian)  # type: ignore[attr-defined]
+            _set_weight(model.lm_head, out[head])  # type: ignore[attr-defined]
     return out

@@ -9,17 +9,19 @@ QuantizedSource: the same WeightSource interface, so the graph builder needs no 
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from edgekit.exporters.quantize.allocation import allocate, stored_bits
 from edgekit.exporters.quantize.calibration import calibration_windows, file_windows
+from edgekit.exporters.quantize.plan import load_plan
 from edgekit.exporters.quantize.rtn import quantize_rtn
-from edgekit.exporters.quantize.spec import QuantConfig, WeightFormat
+from edgekit.exporters.quantize.spec import HEAD_BITS, QuantConfig, WeightFormat
 from edgekit.exporters.weights import LINEAR_NAMES, Weight
 from tokenizers import Tokenizer
 
+from edgekit.errors import EdgekitError
 from edgekit.formats import BlockQuantWeight
 from edgekit.progress import progress
 from edgekit.recipe import Recipe
@@ -49,20 +51,30 @@ def float_weight(source: Any, name: str) -> np.ndarray:
     return w.dequantize() if isinstance(w, BlockQuantWeight) else np.asarray(w, np.float32)
 
 
-def planned_formats(source: Any, fmt: WeightFormat) -> dict[str, WeightFormat]:
-    """Canonical name -> format for every quantized tensor: projections in `fmt`, the embedding and a separate
-    output layer in fmt.for_embedding()."""
-    plan = {"embed": fmt.for_embedding()}
-    if source.has("lm_head"):
-        plan["lm_head"] = fmt.for_embedding()
-    for i in range(source.config.num_layers):
-        for n in LINEAR_NAMES:
-            plan[f"layers.{i}.{n}"] = fmt
-    return plan
+def tensor_names(source: Any) -> list[str]:
+    """Canonical names of every tensor a quantized export quantizes: the embedding, a separate output layer,
+    and every projection."""
+    head = ["embed", "lm_head"] if source.has("lm_head") else ["embed"]
+    return head + [f"layers.{i}.{n}" for i in range(source.config.num_layers) for n in LINEAR_NAMES]
+
+
+def planned_formats(source: Any, config: QuantConfig) -> tuple[dict[str, WeightFormat], set[str]]:
+    """The formats --weights and --plan give (name -> format), and the names the plan's rules pinned.
+
+    Projections take --weights (or the plan's `default:`), the embedding and output layer its 8-bit
+    counterpart; rules override both. Projections left without a format are for --target-bpw to choose."""
+    names = tensor_names(source)
+    rules = load_plan(config.plan, config.group_size) if config.plan is not None else None
+    default = config.weights or (rules.default if rules else None)
+    head = (default or WeightFormat(HEAD_BITS, config.group_size, config.symmetric)).for_embedding()
+    formats = {name: head if not name.startswith("layers.") else default for name in names}
+    pinned = rules.matched(names) if rules else {}
+    formats.update(pinned)
+    return {n: f for n, f in formats.items() if f is not None}, set(pinned)
 
 
 def check_widths(source: Any, plan: dict[str, WeightFormat]) -> None:
-    """Every tensor's row size K must hold whole groups: fail on the first that does not, before any work."""
+    """Every tensor's row size K must hold at least one group: fail on the first that does not, before any work."""
     c = source.config
     widths = {"q": c.hidden_size, "k": c.hidden_size, "v": c.hidden_size, "gate": c.hidden_size,
               "up": c.hidden_size, "o": c.num_heads * c.head_dim, "embed": c.hidden_size, "lm_head": c.hidden_size}
@@ -82,32 +94,71 @@ def _load_torch_model(source: Any) -> Any:
     return TorchReference(str(source.path), "cpu").model
 
 
+def _fill_by_budget(model: Any, windows: np.ndarray, source: Any, formats: dict[str, WeightFormat],
+                    pinned: set[str], config: QuantConfig) -> dict[str, WeightFormat]:
+    """--target-bpw: formats for the projections that no rule pinned, from measured sensitivity."""
+    from edgekit.exporters.quantize.sensitivity import layer_units, measure_units
+
+    free = [u for u in layer_units(source.config.num_layers) if not pinned & set(u)]
+    units = measure_units(model, windows, free, config.candidates())
+    fixed = [n for n in formats if n.startswith("layers.") and n in pinned]
+    shapes = {n: float_weight(source, n).shape for n in fixed}
+    chosen = allocate(units, config.target_bpw, sum(stored_bits(formats[n], *shapes[n]) for n in fixed),
+                      sum(a * b for a, b in shapes.values()))
+    return {**formats, **{name: fmt for names, fmt in chosen.items() for name in names}}
+
+
+def bits_per_weight(quantized: dict[str, BlockQuantWeight], names: list[str]) -> float:
+    """What the package stores for `names` (codes of whole groups, float16 scales and offsets), per weight."""
+    bits = sum(stored_bits(WeightFormat(w.bits, w.block_size), *w.shape) for n in names for w in [quantized[n]])
+    return bits / sum(quantized[n].shape[0] * quantized[n].shape[1] for n in names)
+
+
+def _calibration(config: QuantConfig, tokenizer: Tokenizer, model: Any) -> tuple[np.ndarray, str]:
+    cal = config.calibration
+    if cal.file is not None:
+        windows = file_windows(str(cal.file), tokenizer, cal)
+        return windows, f"{Path(cal.file).name}, {windows.size} tokens"
+    windows = calibration_windows(model, tokenizer, cal)
+    return windows, f"self-generated, {windows.size} tokens"
+
+
 def quantize_source(source: Any, config: QuantConfig, tokenizer: Tokenizer) -> QuantizedSource:
     """Stage 1b of export: `source`'s projections, embedding and output layer quantized as `config` says."""
-    plan = planned_formats(source, config.weights)
-    check_widths(source, plan)
+    formats, pinned = planned_formats(source, config)
+    unplanned = [n for n in tensor_names(source) if n not in formats]
+    if unplanned and config.target_bpw is None:
+        raise EdgekitError(f"tensor {unplanned[0]} has no format: give --weights, a plan `default:` or --target-bpw",
+                           config.plan)
+    check_widths(source, {**{n: config.candidates()[0] for n in unplanned}, **formats})
+    if config.calibration.file is not None:
+        file_windows(str(config.calibration.file), tokenizer, config.calibration)  # fail before any slow work
     calibration = "none"
     quantized: dict[str, BlockQuantWeight] = {}
-    if config.method == "gptq":
-        cal = config.calibration
-        windows = file_windows(str(cal.file), tokenizer, cal) if cal.file is not None else None
+    if config.method == "gptq" or config.target_bpw is not None:
         model = _load_torch_model(source)
-        if windows is None:
-            windows = calibration_windows(model, tokenizer, cal)
-        calibration = (f"{Path(cal.file).name}" if cal.file is not None else "self-generated") + \
-            f", {windows.size} tokens"
-        from edgekit.exporters.quantize.gptq import gptq_quantize  # torch: only for the data-aware method
-        from edgekit.exporters.quantize.sequential import gptq_model
+        windows, calibration = _calibration(config, tokenizer, model)
+        if config.target_bpw is not None:
+            formats = _fill_by_budget(model, windows, source, formats, pinned, config)
+        if config.method == "gptq":
+            from edgekit.exporters.quantize.gptq import gptq_quantize  # torch: only for the data-aware method
+            from edgekit.exporters.quantize.sequential import gptq_model
 
-        def gptq(fmt: WeightFormat, name: str, w: np.ndarray, h: np.ndarray) -> BlockQuantWeight:
-            return gptq_quantize(w, h, fmt, act_order=config.act_order, damp=config.damp)
+            def gptq(fmt: WeightFormat, w: np.ndarray, h: np.ndarray) -> BlockQuantWeight:
+                return gptq_quantize(w, h, fmt, act_order=config.act_order, damp=config.damp)
 
-        quantized = gptq_model(model, windows, partial(gptq, config.weights),
-                               partial(gptq, config.weights.for_embedding()))
-    remaining = [name for name in plan if name not in quantized]  # RTN: everything, or GPTQ's untied embedding
+            quantized = gptq_model(model, windows, formats, gptq)
+    remaining = [name for name in formats if name not in quantized]  # RTN: everything, or GPTQ's untied embedding
     for name in progress(remaining, "quantizing (rtn)"):
-        quantized[name] = quantize_rtn(float_weight(source, name), plan[name])
-    fmt = config.weights
-    recipe = Recipe(method=config.method, bits=fmt.bits, group_size=fmt.group_size, symmetric=fmt.symmetric,
-                    act_order=config.act_order and config.method == "gptq", calibration=calibration)
+        quantized[name] = quantize_rtn(float_weight(source, name), formats[name])
+    projections = [n for n in formats if n.startswith("layers.")]
+    uniform = {formats[n] for n in projections}
+    fmt = next(iter(uniform)) if len(uniform) == 1 else None
+    plan = ", ".join(p for p in (config.plan and f"plan {Path(config.plan).name}",
+                                 config.target_bpw and f"target {config.target_bpw} bpw by measured sensitivity") if p)
+    recipe = Recipe(method=config.method, bits=fmt.bits if fmt else None, group_size=fmt.group_size if fmt else None,
+                    symmetric=fmt.symmetric if fmt else config.symmetric,
+                    act_order=config.act_order and config.method == "gptq", calibration=calibration,
+                    plan=plan or None, bits_per_weight=round(bits_per_weight(quantized, projections), 4),
+                    bits_per_weight_all=round(bits_per_weight(quantized, list(formats)), 4))
     return QuantizedSource(source, quantized, recipe)
