@@ -66,11 +66,16 @@ def export(src: str, out: str, draft: str | None, weights: str | None, group_siz
 SPECULATIVE = click.Choice(["ngram", "draft"])
 
 
+FLOAT_PASSES_HELP = ("Exact mode: prefill and speculative verify passes on float32 copies of the weights "
+                     "(more memory, cheaper multi-token passes).")
+
+
 def _load(pkg: str, device: str, fast: bool, max_length: int | None = None, threads: int = 0,
-          draft: bool = False) -> Any:
+          draft: bool = False, float_passes: bool = False) -> Any:
     from edgekit.runtime import load
 
-    return load(pkg, device=device, fast=fast, max_length=max_length, threads=threads, draft=draft)
+    return load(pkg, device=device, fast=fast, max_length=max_length, threads=threads, draft=draft,
+                float_passes=float_passes)
 
 
 @main.command()
@@ -88,15 +93,16 @@ def _load(pkg: str, device: str, fast: bool, max_length: int | None = None, thre
 @click.option("--speculative", type=SPECULATIVE, default=None,
               help="Draft with prompt lookup (ngram) or the package's draft model; output as without.")
 @click.option("--draft-len", type=click.IntRange(1, 16), default=4, show_default=True, help="Most drafted tokens.")
+@click.option("--float-passes", is_flag=True, help=FLOAT_PASSES_HELP)
 @_one_line_errors
 def run(pkg: str, prompt: str, chat: bool, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
         seed: int | None, device: str, fast: bool, max_length: int | None, speculative: str | None,
-        draft_len: int) -> None:
+        draft_len: int, float_passes: bool) -> None:
     """Generate from PKG, streaming text to the terminal."""
     from edgekit.runtime import GenerationConfig
     from edgekit.runtime.sampling import SamplingParams
 
-    model = _load(pkg, device, fast, max_length, draft=speculative == "draft")
+    model = _load(pkg, device, fast, max_length, draft=speculative == "draft", float_passes=float_passes)
     gen = GenerationConfig(max_new_tokens, SamplingParams(temperature, top_k, top_p), seed,
                            speculative=speculative, draft_len=draft_len)
     for piece in model.stream(prompt, chat=chat, gen=gen):
@@ -150,11 +156,12 @@ def validate(pkg: str, reference_src: str, device: str, tokens: int, text_file: 
 @click.option("--speculative", type=SPECULATIVE, default=None,
               help="Also measure speculative decoding (acceptance, speedup over plain in the same run).")
 @click.option("--draft-len", type=click.IntRange(1, 16), default=4, show_default=True)
+@click.option("--float-passes", is_flag=True, help=FLOAT_PASSES_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_one_line_errors
 def bench(pkg: str, prompt_lengths: str, new_tokens: int, rounds: int, device: str, threads: int, fast: bool,
           max_ttft_ms: float | None, min_tokens_per_s: float | None, max_rss_mb: float | None,
-          speculative: str | None, draft_len: int, as_json: bool) -> None:
+          speculative: str | None, draft_len: int, float_passes: bool, as_json: bool) -> None:
     """Measure PKG's latency on this device; exit 1 when a budget is missed."""
     from edgekit.runtime.bench import check_budgets, run_bench
 
@@ -162,7 +169,7 @@ def bench(pkg: str, prompt_lengths: str, new_tokens: int, rounds: int, device: s
         lengths = tuple(int(x) for x in prompt_lengths.split(","))
     except ValueError:
         raise EdgekitError(f"--prompt-lengths must be comma-separated integers, got {prompt_lengths!r}") from None
-    report = run_bench(pkg, lengths, new_tokens, rounds, device, fast, threads, speculative, draft_len)
+    report = run_bench(pkg, lengths, new_tokens, rounds, device, fast, threads, speculative, draft_len, float_passes)
     check_budgets(report, max_ttft_ms, min_tokens_per_s, max_rss_mb)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
     if report.budget_failures:

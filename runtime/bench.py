@@ -110,10 +110,10 @@ def speculative_summary(model: Model, ids: list[int], plain_tokens: list[int], p
 
 def run_bench(path: str | Path, prompt_lengths: tuple[int, ...] = (16, 128, 512), new_tokens: int = 64,
               rounds: int = 3, device: str = "cpu", fast: bool = False, threads: int = 0,
-              speculative: str | None = None, draft_len: int = 4) -> BenchReport:
+              speculative: str | None = None, draft_len: int = 4, float_passes: bool = False) -> BenchReport:
     t0 = time.perf_counter()
     model = Model(path, device=device, fast=fast, threads=threads, max_length=max(prompt_lengths) + new_tokens + 1,
-                  draft=speculative == "draft")
+                  draft=speculative == "draft", float_passes=float_passes)
     load_s = time.perf_counter() - t0
     time_to_first_token(model, _prompt_ids(model, 8))  # warm-up: first runs allocate
     ttft = {n: statistics.median(time_to_first_token(model, _prompt_ids(model, n)) for _ in range(rounds))
@@ -127,7 +127,8 @@ def run_bench(path: str | Path, prompt_lengths: tuple[int, ...] = (16, 128, 512)
     all_lat = np.array([x for lat in per_round for x in lat]) * 1e3
     size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
     return BenchReport(
-        device=model.provider, mode="fast (int8 activations)" if fast else "exact", threads=threads,
+        device=model.provider, threads=threads,
+        mode="fast (int8 activations)" if fast else "exact" + (", float32 multi-token passes" if float_passes else ""),
         load_s=load_s, ttft_ms=ttft, decode_tokens_per_s=rate, speculative=spec or None,
         token_latency_ms={p: float(np.percentile(all_lat, int(p[1:]))) for p in ("p50", "p90", "p99")},
         new_tokens=new_tokens, peak_rss_mb=peak_rss_mb(), size_on_disk_mb=size,

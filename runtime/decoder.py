@@ -62,26 +62,36 @@ def make_session(model: onnx.ModelProto, settings: SessionSettings) -> ort.Infer
 
 
 class Decoder:
-    """forward(ids) appends tokens to the cache and returns logits; `length` is the cache's valid length."""
+    """forward(ids) appends tokens to the cache and returns logits; `length` is the cache's valid length.
 
-    def __init__(self, session: ort.InferenceSession, config: ModelConfig, max_length: int):
+    `wide_session`, if given, runs the passes of more than one token (prompt prefill, speculative verify)
+    on the same cache buffers: a session over float32 weights, whose GEMM costs about what one token
+    costs, where MatMulNBits' multi-token path costs several one-token passes (runtime.generator)."""
+
+    def __init__(self, session: ort.InferenceSession, config: ModelConfig, max_length: int,
+                 wide_session: ort.InferenceSession | None = None):
         self.session = session
         self.config = config
         self.max_length = max_length
         self.length = 0
         device = "cuda" if "CUDAExecutionProvider" in session.get_providers() else "cpu"
         shape = [1, config.num_kv_heads, max_length, config.head_dim]
-        self.binding = session.io_binding()
-        # Bound first so it is output 0; rebinding a name later keeps its place.
-        self.binding.bind_output("logits")
-        self._cache: list[ort.OrtValue] = []
-        for i in range(config.num_layers):
-            for kind in ("key", "value"):
-                # Zero-filled: GQA reads whole cache blocks, and stale NaNs in unused slots would leak in.
-                buf = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32), device, 0)
-                self._cache.append(buf)
-                self.binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", buf)
-                self.binding.bind_ortvalue_output(f"present.{i}.{kind}", buf)
+        # Zero-filled: GQA reads whole cache blocks, and stale NaNs in unused slots would leak in.
+        self._cache = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32), device, 0)
+                       for _ in range(2 * config.num_layers)]
+        self._bindings = [(session, self._bind(session))]
+        if wide_session is not None:
+            self._bindings.append((wide_session, self._bind(wide_session)))
+
+    def _bind(self, session: ort.InferenceSession) -> ort.IOBinding:
+        binding = session.io_binding()
+        binding.bind_output("logits")  # bound first so it is output 0; rebinding a name later keeps its place
+        for i in range(self.config.num_layers):
+            for j, kind in enumerate(("key", "value")):
+                buf = self._cache[2 * i + j]
+                binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", buf)
+                binding.bind_ortvalue_output(f"present.{i}.{kind}", buf)
+        return binding
 
     def forward(self, ids: np.ndarray | list[int], n_logits: int = 1) -> np.ndarray:
         """Run `ids` (new tokens) after the cached ones; logits float32 [n_logits, vocab] for the last positions."""
@@ -90,13 +100,13 @@ class Decoder:
         total = self.length + s
         if total > self.max_length:
             raise EdgekitError(f"context full: {total} tokens exceed the maximum length {self.max_length}")
-        b = self.binding
+        session, b = self._bindings[-1] if s > 1 else self._bindings[0]
         b.bind_cpu_input("input_ids", ids)
         b.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
         b.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
         b.bind_cpu_input("logits_from", np.array([s - min(n_logits, s)], np.int64))
         b.bind_output("logits")
-        self.session.run_with_iobinding(b)
+        session.run_with_iobinding(b)
         self.length = total
         return b.get_outputs()[0].numpy()[0]
 

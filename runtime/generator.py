@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 from edgekit.runtime.decoder import Decoder, SessionSettings, make_session
 from edgekit.runtime.decoding import DecodeStats, decode
 from edgekit.runtime.drafters import Drafter, ModelDrafter, NgramDrafter
@@ -37,11 +38,24 @@ class Model:
     """A loaded package. Not thread-safe: one generation at a time (the KV cache is shared)."""
 
     def __init__(self, path: str | Path, device: str = "cpu", fast: bool = False, max_length: int | None = None,
-                 threads: int = 0, spinning: bool = True, verify: bool = True, draft: bool = False):
+                 threads: int = 0, spinning: bool = True, verify: bool = True, draft: bool = False,
+                 float_passes: bool = False):
+        """`float_passes` (exact mode only): passes of several tokens (prompt prefill, speculative verify) run
+        on float32 copies of the weights, a second session over the same cache. It costs memory (4 bytes per
+        weight: about 540 MB more for SmolLM2-135M) and buys cheap multi-token passes: onnxruntime's
+        MatMulNBits costs about 4x a one-token pass from 2 tokens on, a float32 GEMM about 1-2x (measured,
+        docs/cli.md). Still exact: the same weights, float32 arithmetic, in another summation order."""
         self.path = Path(path)
         self.provider = select_provider(device)
         self.fast = fast
-        self.manifest, self.decoder = self._open(self.path, verify, max_length, threads, spinning and not draft)
+        if float_passes and fast:
+            raise EdgekitError("float_passes is for exact mode: fast mode's multi-token passes must use its "
+                               "int8 activations too, or speculative output would differ from plain decoding")
+        self.float_passes = float_passes
+        # Sessions that take turns on few cores must not spin (FACTS.md): a draft, or float passes.
+        solo = not draft and not float_passes
+        self.manifest, self.decoder = self._open(self.path, verify, max_length, threads, spinning and solo,
+                                                 float_passes)
         self.config = self.manifest.model
         self.max_length = self.decoder.max_length
         self.codec = TextCodec(self.path / self.manifest.tokenizer["file"], self.manifest.tokenizer)
@@ -55,13 +69,18 @@ class Model:
         self.last_stats = DecodeStats()
 
     def _open(self, folder: Path, verify: bool, max_length: int | None, threads: int,
-              spinning: bool) -> tuple[Manifest, Decoder]:
+              spinning: bool, float_passes: bool = False) -> tuple[Manifest, Decoder]:
         manifest, onnx_model = load_package(folder, verify=verify)
         config = manifest.model
         length = min(max_length or DEFAULT_MAX_LENGTH, config.max_position_embeddings)
-        session = make_session(lower(onnx_model, self.provider, fast=self.fast),
-                               SessionSettings(self.provider, threads, spinning))
-        return manifest, Decoder(session, config, length)
+        settings = SessionSettings(self.provider, threads, spinning)
+        wide = None
+        if float_passes:
+            copy = onnx.ModelProto()
+            copy.CopyFrom(onnx_model)  # lowering and the session take their model apart
+            wide = make_session(lower(copy, self.provider, float_weights=True), settings)
+        session = make_session(lower(onnx_model, self.provider, fast=self.fast), settings)
+        return manifest, Decoder(session, config, length, wide)
 
     # -- tokens ----------------------------------------------------------------------------------------
     def encode(self, prompt: str, chat: bool = False) -> list[int]:
@@ -116,5 +135,6 @@ class Model:
 
 
 def load(path: str | Path, **kwargs: object) -> Model:
-    """Load a package folder. Keyword arguments: device, fast, max_length, threads, spinning, verify, draft."""
+    """Load a package folder. Keyword arguments: device, fast, max_length, threads, spinning, verify, draft,
+    float_passes."""
     return Model(path, **kwargs)  # type: ignore[arg-type]

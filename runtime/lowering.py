@@ -29,7 +29,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgekit.formats import pack_codes, unpack_codes
-from edgekit.ops import DOMAIN
+from edgekit.ops import DOMAIN, OPS
+from edgekit.ops.block_dequant import dequantize_blocks
 
 MS_DOMAIN = "com.microsoft"
 NATIVE_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider")
@@ -59,10 +60,11 @@ def pack_zero_points(z: np.ndarray, bits: int) -> np.ndarray:
 
 
 class _Lowering:
-    def __init__(self, model: onnx.ModelProto, fast: bool):
+    def __init__(self, model: onnx.ModelProto, fast: bool, float_weights: bool = False):
         self.model = model
         self.graph = model.graph
         self.fast = fast
+        self.float_weights = float_weights
         self.inits = {t.name: t for t in self.graph.initializer}
         self.new_nodes: list[onnx.NodeProto] = []
         self.new_inits: list[onnx.TensorProto] = []
@@ -175,10 +177,21 @@ class _Lowering:
         self.matmul_nbits(a, out, four_bit, scales, offsets, 4, block, k,
                           ACCURACY_INT8 if self.fast else ACCURACY_EXACT)
 
+    def matmul_float(self, node: onnx.NodeProto) -> None:
+        """The weights dequantized once, at load, to a float32 [K, N] initializer for a plain MatMul."""
+        op = OPS[node.op_type]
+        attrs = {at.name: at.i for at in node.attribute}
+        packed, scales, offsets = (self.array(name) for name in node.input[1:])
+        w = dequantize_blocks(packed, scales, offsets, op.bits, attrs["K"])  # type: ignore[attr-defined]
+        weight = self.add_init(f"{node.output[0]}.weight_t", np.ascontiguousarray(w.T))
+        self.emit("MatMul", [node.input[0], weight], [node.output[0]])
+
     def run(self) -> onnx.ModelProto:
         handlers = {"MatMulBlockQ4": self.matmul_q4, "MatMulBlockQ8": self.matmul_q8,
                     "MatMulBlockQ2": lambda nd: self.matmul_repacked(nd, 2),
                     "MatMulBlockQ3": lambda nd: self.matmul_repacked(nd, 3)}
+        if self.float_weights:
+            handlers = dict.fromkeys(handlers, self.matmul_float)
         for node in self.graph.node:
             if node.domain == DOMAIN and node.op_type in handlers:
                 handlers[node.op_type](node)
@@ -197,8 +210,10 @@ class _Lowering:
         return self.model
 
 
-def lower(model: onnx.ModelProto, provider: str, fast: bool = False) -> onnx.ModelProto:
-    """Lower edgekit ops in place for `provider`; providers without these kernels keep the function bodies."""
+def lower(model: onnx.ModelProto, provider: str, fast: bool = False, float_weights: bool = False) -> onnx.ModelProto:
+    """Lower edgekit ops in place for `provider`; providers without these kernels keep the function bodies.
+    `float_weights`: every block-quantized MatMul becomes a float32 MatMul on its exact dequantized weights
+    (4x the memory of 8-bit, 8x of 4-bit; for multi-token passes, see Decoder)."""
     if provider not in NATIVE_PROVIDERS:
         return model
-    return _Lowering(model, fast).run()
+    return _Lowering(model, fast, float_weights).run()

@@ -123,3 +123,12 @@ def test_gather_reference_and_body_agree(op: type, k: int) -> None:
 def test_unknown_op_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown edgekit op"):
         function_protos({"MatMulBlockQ5"})
+
+
+@pytest.mark.parametrize("op", [MatMulBlockQ3, MatMulBlockQ4, MatMulBlockQ8])
+def test_float_weight_lowering_is_a_plain_matmul_on_the_exact_weights(op: type) -> None:
+    w = _weight(op.bits, k=200)
+    a = RNG.standard_normal((1, 3, 200)).astype(np.float32)
+    lowered = lower(_matmul_model(op, w), "CPUExecutionProvider", float_weights=True)
+    assert [n.op_type for n in lowered.graph.node] == ["MatMul"]
+    np.testing.assert_allclose(_run(lowered, {"A": a}), a @ w.dequantize().T, rtol=1e-5, atol=1e-4)

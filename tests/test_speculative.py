@@ -140,3 +140,24 @@ def test_missing_or_tampered_draft_is_refused(tmp_path: Path, spec_pkg: Path) ->
 def test_draft_mode_needs_a_draft(tiny_gguf_pkg: Path) -> None:
     with pytest.raises(EdgekitError, match="no draft model"):
         load(tiny_gguf_pkg, draft=True)
+
+
+def test_float_passes_keep_greedy_speculative_output_identical(tiny_gguf_pkg: Path) -> None:
+    """Multi-token passes on float32 weights (a second session over the same cache) against plain decoding
+    on the low-bit kernels: the same weights, so the same logits up to summation order, and the same tokens."""
+    plain_model, wide_model = load(tiny_gguf_pkg), load(tiny_gguf_pkg, float_passes=True)
+    ids = plain_model.encode(varied_prompts(2)[1])
+    np.testing.assert_allclose(wide_model.logits(ids), plain_model.logits(ids), rtol=0, atol=1e-4)
+    passes = 0
+    for prompt in varied_prompts(50):
+        ids = plain_model.encode(prompt)
+        plain = list(plain_model.generate_ids(ids, GenerationConfig(max_new_tokens=24, stop_token_ids=())))
+        gen = GenerationConfig(24, stop_token_ids=(), speculative="ngram", draft_len=5)
+        assert list(wide_model.generate_ids(ids, gen)) == plain, prompt
+        passes += wide_model.last_stats.drafted
+    assert passes > 0
+
+
+def test_float_passes_are_for_exact_mode(tiny_gguf_pkg: Path) -> None:
+    with pytest.raises(EdgekitError, match="float_passes is for exact mode"):
+        load(tiny_gguf_pkg, fast=True, float_passes=True)

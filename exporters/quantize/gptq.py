@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from edgekit.exporters.quantize.rtn import decode, encode, group_params, grouped
+from edgekit.exporters.quantize.rtn import decode, encode, group_params, grouped, on_minimum_grid
 from edgekit.exporters.quantize.spec import WeightFormat
 
 from edgekit.formats import BlockQuantWeight
@@ -47,6 +47,9 @@ def gptq_quantize(w: np.ndarray, hessian: np.ndarray, fmt: WeightFormat, act_ord
     on views of the same memory. One torch thread: the column loop is thousands of small ops, and a thread
     barrier per op on busy cores cost 20-50x (576x1536: 0.55 s on one thread, 10-28 s on two, measured on a
     loaded 2-core machine)."""
+    kept = on_minimum_grid(w, fmt)
+    if kept is not None:  # already on the grid: nothing left for error feedback to improve
+        return kept
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
