@@ -12,10 +12,15 @@ Workloads (chat prompts, model.encode(prompt, chat=True); 6 of each, texts at th
 - free: open generation ("Write a short story about...", "Explain how photosynthesis works.").
 
 Paths (each in its own subprocess, one after another, like benchmarks/decode.py):
-- edgekit exact    plain, ngram k=4/8/12 (prompt lookup; k = most drafted tokens per pass)
+- edgekit exact    plain, ngram k=8/12 (prompt lookup; k = most drafted tokens per pass; the default draft
+                   policy verifies the length with the best measured tokens/s, or none), and k=8
+                   verifying every drafted token
 - edgekit +draft   plain and draft k=4, with the package's draft model loaded: both sessions then
                    run with spinning off (see FACTS.md), so its own plain row is the fair baseline
-- edgekit fast     plain, ngram k=4/8/12 with int8 activations (load(pkg, fast=True))
+- edgekit +float   plain and the same ngram variants with load(pkg, float_passes=True): verify passes (and the
+                   prefill) on float32 copies of the weights, one-token steps on the 4-bit kernels;
+                   two sessions take turns, so spinning is off
+- edgekit fast     plain and the same ngram variants with int8 activations (load(pkg, fast=True))
 - llama.cpp        plain, plain with logits_all=True (what its drafter forces), and prompt lookup
                    (llama_cpp.llama_speculative.LlamaPromptLookupDecoding, max_ngram_size=3 like
                    edgekit's drafter) with num_pred_tokens=4/8, in the /work/.peers/llama venv
@@ -81,7 +86,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode import PEERS_DIR, SETUP, Backend, LlamaCppBackend, fmt, gguf_path, importable, timed_generation
 
-NGRAM_KS = (4, 8, 12)
+NGRAM_KS = (8, 12)
 DRAFT_KS = (4,)
 LLAMA_KS = (4, 8)
 LLAMA_MAX_NGRAM = 3  # edgekit's NgramDrafter matches up to 3-grams too
@@ -106,7 +111,10 @@ class EdgekitVariant(Backend):
         from edgekit.runtime import GenerationConfig
 
         self.model = model
-        extra = {"speculative": mode, "draft_len": k} if mode else {}
+        # "ngram" / "draft": the default draft policy (verify the length with the best measured tokens/s);
+        # "ngram-all": verify every drafted token.
+        policy = {"draft_policy": "all"} if mode and mode.endswith("-all") else {}
+        extra = {"speculative": mode.removesuffix("-all"), "draft_len": k, **policy} if mode else {}
         self.config = functools.partial(GenerationConfig, stop_token_ids=(), **extra)
 
     def generate(self, ids: list[int], n: int) -> Any:
@@ -226,7 +234,7 @@ def edgekit_job(spec: dict[str, Any]) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     model = load(spec["model"], threads=spec["threads"], fast=spec["fast"], draft=spec["draft"],
-                 spinning=spec["spin"])
+                 spinning=spec["spin"], float_passes=spec.get("float_passes", False))
     load_s = time.perf_counter() - t0
     context = spec["prompts"][0]
     costs = {"context": len(context), "lengths": list(PASS_LENGTHS),
@@ -303,7 +311,8 @@ class PathSpec:
 
 
 def _ngram_variants() -> tuple[tuple[str, str | None, int], ...]:
-    return (("plain", None, 0), *((f"ngram k={k}", "ngram", k) for k in NGRAM_KS))
+    return (("plain", None, 0), *((f"ngram k={k}", "ngram", k) for k in NGRAM_KS),
+            (f"ngram k={NGRAM_KS[0]}, verify all", "ngram-all", NGRAM_KS[0]))
 
 
 PATHS = [
@@ -312,6 +321,8 @@ PATHS = [
     PathSpec("draft", "edgekit exact +draft", "edgekit", None, ("edgekit.runtime",), "pip install -e .",
              {"fast": False, "draft": True},
              (("plain (no spin)", None, 0), *((f"draft k={k}", "draft", k) for k in DRAFT_KS))),
+    PathSpec("float", "edgekit exact +float passes", "edgekit", None, ("edgekit.runtime",), "pip install -e .",
+             {"fast": False, "draft": False, "float_passes": True}, _ngram_variants()),
     PathSpec("fast", "edgekit fast", "edgekit", None, ("edgekit.runtime",), "pip install -e .",
              {"fast": True, "draft": False}, _ngram_variants()),
     PathSpec("llama", "llama.cpp", "llama", "llama", ("llama_cpp",), f"{SETUP} llama", {},

@@ -8,17 +8,20 @@ accepted left to right:
 - sampling: a draft token d (drafts are deterministic: a point-mass proposal) is accepted with
   probability p(d); on rejection the next token is drawn from p with d removed. The emitted tokens
   then follow exactly the distribution of plain sampling.
-The KV cache is rolled back to the accepted prefix (free: see Decoder.rollback). The draft length
-adapts: it grows after a fully accepted draft and shrinks to what was accepted otherwise.
+The KV cache is rolled back to the accepted prefix (free: see Decoder.rollback). How much of a draft
+is verified is the draft policy's choice (runtime.draft_policy: the length that buys the most new
+tokens per second of pass time, or none); without one, every proposed token is verified.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from edgekit.runtime.decoder import Decoder
+from edgekit.runtime.draft_policy import CostAwareLength
 from edgekit.runtime.drafters import Drafter
 from edgekit.runtime.sampling import SamplingParams, choose_token, token_distribution
 
@@ -58,21 +61,32 @@ def _accepts(logits: np.ndarray, token: int, params: SamplingParams, rng: np.ran
     return bool(rng.random() < token_distribution(logits, params)[token])
 
 
+def _timed_forward(decoder: Decoder, ids: list[int], n_logits: int, policy: CostAwareLength | None) -> np.ndarray:
+    t0 = time.perf_counter()
+    logits = decoder.forward(ids, n_logits=n_logits)
+    if policy is not None:
+        policy.record_pass(len(ids), time.perf_counter() - t0)
+    return logits
+
+
 def decode(decoder: Decoder, prompt: list[int], *, max_new_tokens: int, params: SamplingParams,
            rng: np.random.Generator, stops: set[int], drafter: Drafter | None = None, draft_len: int = 4,
-           stats: DecodeStats | None = None) -> Iterator[int]:
-    """New tokens after `prompt`, from a fresh cache; stops at a stop token or the length limit."""
+           stats: DecodeStats | None = None, policy: CostAwareLength | None = None) -> Iterator[int]:
+    """New tokens after `prompt`, from a fresh cache; stops at a stop token or the length limit.
+    `policy` chooses how many of the (at most draft_len) proposed tokens to verify; None: all of them."""
     if not 1 <= draft_len <= MAX_DRAFT:
         raise ValueError(f"draft length must be in 1..{MAX_DRAFT}, got {draft_len}")
     drafter = drafter or NoDrafter()
     stats = stats if stats is not None else DecodeStats()
     decoder.reset()
     drafter.start(prompt)
+    if policy is not None:
+        policy.start()
     context = list(prompt)
     logits = decoder.forward(prompt)[-1]
     stats.target_passes += 1
     budget = min(max_new_tokens, decoder.max_length - len(prompt))
-    produced, k, excluded = 0, draft_len, None
+    produced, excluded = 0, None
     while produced < budget:
         token = choose_token(logits, params, rng, exclude=excluded)
         if token in stops:
@@ -82,8 +96,11 @@ def decode(decoder: Decoder, prompt: list[int], *, max_new_tokens: int, params: 
         context.append(token)
         if produced == budget:
             return
-        draft = drafter.propose(context, min(k, budget - produced))
-        verified = decoder.forward([token, *draft], n_logits=len(draft) + 1)
+        draft = drafter.propose(context, min(draft_len, budget - produced))
+        source = getattr(drafter, "last_source", None)
+        if policy is not None:
+            draft = draft[:policy.length(source, len(draft))]
+        verified = _timed_forward(decoder, [token, *draft], len(draft) + 1, policy)
         stats.target_passes += 1
         stats.drafted += len(draft)
         accepted = 0
@@ -92,6 +109,8 @@ def decode(decoder: Decoder, prompt: list[int], *, max_new_tokens: int, params: 
                 break
             accepted += 1
         stats.accepted += accepted
+        if policy is not None and draft:
+            policy.record_draft(source, len(draft), accepted)
         for d in draft[:accepted]:
             if d in stops:
                 return
@@ -101,5 +120,3 @@ def decode(decoder: Decoder, prompt: list[int], *, max_new_tokens: int, params: 
         decoder.rollback(len(context))
         logits = verified[accepted]
         excluded = draft[accepted] if accepted < len(draft) and not params.greedy else None
-        if draft:
-            k = min(k + 1, draft_len) if accepted == len(draft) else max(1, accepted + 1)

@@ -33,6 +33,7 @@ class NgramDrafter:
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
         self._seen: dict[tuple[int, ...], int] = {}  # n-gram -> position just after its latest occurrence
         self._indexed = 0
+        self.last_source = 0  # length of the last match: longer matches are accepted more often
 
     def start(self, prompt: list[int]) -> None:
         self._seen.clear()
@@ -51,7 +52,9 @@ class NgramDrafter:
         for n in range(min(self.max_ngram, len(context) - 1), self.min_ngram - 1, -1):
             at = self._seen.get(tuple(context[-n:]))
             if at is not None:
+                self.last_source = n
                 return context[at:at + k]
+        self.last_source = 0
         return []
 
 
@@ -62,6 +65,7 @@ class ModelDrafter:
         self.decoder = decoder
         self.min_confidence = min_confidence
         self._cached: list[int] = []  # tokens whose keys and values are in the draft's cache
+        self.last_source = "model"
 
     def start(self, prompt: list[int]) -> None:
         self.decoder.reset()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 from edgekit.runtime.decoder import Decoder, SessionSettings, make_session
 from edgekit.runtime.decoding import DecodeStats, decode
+from edgekit.runtime.draft_policy import CostAwareLength
 from edgekit.runtime.drafters import Drafter, ModelDrafter, NgramDrafter
 from edgekit.runtime.loader import load_package
 from edgekit.runtime.lowering import lower
@@ -21,6 +22,7 @@ from edgekit.errors import EdgekitError
 from edgekit.package import Manifest
 
 DEFAULT_MAX_LENGTH = 2048
+DRAFT_POLICIES = ("cost", "all")
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,9 @@ class GenerationConfig:
     seed: int | None = None
     stop_token_ids: tuple[int, ...] | None = None  # None: the package's stop tokens
     speculative: str | None = None  # None (plain), "ngram" (prompt lookup) or "draft" (the package's draft model)
-    draft_len: int = 4  # most tokens drafted per verify pass (adapts downwards)
+    draft_len: int = 4  # most tokens drafted per verify pass
+    draft_policy: str = "cost"  # "cost": verify the draft length with the best measured tokens/s (or none);
+    # "all": verify every drafted token
     draft_min_confidence: float = 0.3  # a draft model stops drafting below this probability of its own token
 
 
@@ -52,9 +56,9 @@ class Model:
             raise EdgekitError("float_passes is for exact mode: fast mode's multi-token passes must use its "
                                "int8 activations too, or speculative output would differ from plain decoding")
         self.float_passes = float_passes
-        # Sessions that take turns on few cores must not spin (FACTS.md): a draft, or float passes.
-        solo = not draft and not float_passes
-        self.manifest, self.decoder = self._open(self.path, verify, max_length, threads, spinning and solo,
+        # Sessions that take turns on few cores must not spin (FACTS.md): the target beside a draft model; the
+        # float session beside the one it serves (it runs seldom, so the main session keeps spinning).
+        self.manifest, self.decoder = self._open(self.path, verify, max_length, threads, spinning and not draft,
                                                  float_passes)
         self.config = self.manifest.model
         self.max_length = self.decoder.max_length
@@ -67,6 +71,7 @@ class Model:
             # Two sessions take turns on few cores: spinning threads of the idle one would steal them.
             self.draft_decoder = self._open(self.path / draft_dir, verify, self.max_length, threads, False)[1]
         self.last_stats = DecodeStats()
+        self.pass_costs = CostAwareLength()  # pass timings outlive one generation: they belong to model + machine
 
     def _open(self, folder: Path, verify: bool, max_length: int | None, threads: int,
               spinning: bool, float_passes: bool = False) -> tuple[Manifest, Decoder]:
@@ -78,7 +83,7 @@ class Model:
         if float_passes:
             copy = onnx.ModelProto()
             copy.CopyFrom(onnx_model)  # lowering and the session take their model apart
-            wide = make_session(lower(copy, self.provider, float_weights=True), settings)
+            wide = make_session(lower(copy, self.provider, float_weights=True), replace(settings, spinning=False))
         session = make_session(lower(onnx_model, self.provider, fast=self.fast), settings)
         return manifest, Decoder(session, config, length, wide)
 
@@ -116,10 +121,13 @@ class Model:
         Statistics of the generation (passes, drafted and accepted tokens) land in `last_stats`."""
         stops = set(gen.stop_token_ids if gen.stop_token_ids is not None
                     else self.manifest.generation["stop_token_ids"])
+        if gen.draft_policy not in DRAFT_POLICIES:
+            raise EdgekitError(f"unknown draft policy {gen.draft_policy!r} ({', '.join(DRAFT_POLICIES)})")
         self.last_stats = DecodeStats()
         return decode(self.decoder, ids, max_new_tokens=gen.max_new_tokens, params=gen.sampling,
-                      rng=np.random.default_rng(gen.seed), stops=stops, drafter=self._drafter(gen.speculative, gen.draft_min_confidence),
-                      draft_len=gen.draft_len, stats=self.last_stats)
+                      rng=np.random.default_rng(gen.seed), stops=stops,
+                      drafter=self._drafter(gen.speculative, gen.draft_min_confidence), draft_len=gen.draft_len,
+                      stats=self.last_stats, policy=self.pass_costs if gen.draft_policy == "cost" else None)
 
     # -- text --------------------------------------------------------------------------------------------
     def stream(self, prompt: str, chat: bool = False, gen: GenerationConfig | None = None) -> Iterator[str]:

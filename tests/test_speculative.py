@@ -16,6 +16,7 @@ from edgekit.errors import EdgekitError
 from edgekit.exporters.pipeline import export
 from edgekit.runtime import GenerationConfig, load
 from edgekit.runtime.decoding import decode
+from edgekit.runtime.draft_policy import CostAwareLength
 from edgekit.runtime.drafters import ModelDrafter, NgramDrafter
 from edgekit.runtime.sampling import SamplingParams, token_distribution
 from factories import tiny_hf_model
@@ -161,3 +162,30 @@ def test_float_passes_keep_greedy_speculative_output_identical(tiny_gguf_pkg: Pa
 def test_float_passes_are_for_exact_mode(tiny_gguf_pkg: Path) -> None:
     with pytest.raises(EdgekitError, match="float_passes is for exact mode"):
         load(tiny_gguf_pkg, fast=True, float_passes=True)
+
+
+def test_draft_policy_verifies_only_drafts_that_pay() -> None:
+    policy = CostAwareLength()
+    assert policy.length(3, 5) == 5  # nothing timed yet: verify what was drafted, and so measure it
+    policy.record_pass(1, 1.0)
+    for m in range(2, 7):
+        policy.record_pass(m, 3.0)  # a multi-token pass costs three one-token passes
+    for _ in range(20):
+        policy.record_draft(1, drafted=4, accepted=0)  # one-token matches: always rejected
+        policy.record_draft(3, drafted=5, accepted=5)  # three-token matches: always accepted
+    assert policy.length(1, 5) == 0  # a plain step beats verifying a hopeless draft
+    assert policy.length(3, 5) == 5  # 6 tokens for the price of 3
+    assert policy.acceptance(7) == 0.8  # an unseen source starts from the (optimistic) prior
+    policy.start()
+    assert policy.acceptance(1) == 0.8  # acceptance is per generation; costs stay
+    assert policy.cost(4) == 3.0 and policy.cost(9) == 3.0
+
+
+@pytest.mark.parametrize("policy", ["cost", "all"])
+def test_greedy_output_does_not_depend_on_the_draft_policy(spec_pkg: Path, policy: str) -> None:
+    model = load(spec_pkg)
+    for prompt in varied_prompts(10):
+        ids = model.encode(prompt)
+        plain = list(model.generate_ids(ids, GenerationConfig(max_new_tokens=24, stop_token_ids=())))
+        gen = GenerationConfig(24, stop_token_ids=(), speculative="ngram", draft_len=8, draft_policy=policy)
+        assert list(model.generate_ids(ids, gen)) == plain, prompt

@@ -1,0 +1,75 @@
+"""How many drafted tokens to verify: the length that buys the most new tokens per second.
+
+A verify pass of M tokens does not cost what one token costs: on a 2-core CPU, onnxruntime's 4-bit
+MatMulNBits costs ~3x a one-token pass from M = 2 on, float32 weights ~2-2.7x (measured on
+SmolLM2-135M, docs/cli.md). A draft is only worth verifying when enough of it will be accepted.
+
+`CostAwareLength` measures both sides as the generation runs:
+- pass cost: seconds per forward pass of M tokens, a running median per M, kept across generations
+  (a property of the model and the machine); a length never measured is estimated from the nearest
+  measured ones, optimistically (as one-token cost) until then, so it gets tried;
+- acceptance: per draft source (the n-gram drafter's match length; one source for a draft model),
+  the chance a drafted token is accepted given the ones before it were, estimated per generation from
+  an optimistic prior worth two trials at 0.8, so that every source gets tried and a poor one is
+  dropped after a few rejections.
+With per-token acceptance a, verifying k tokens yields (1 - a^(k+1)) / (1 - a) new tokens on average
+(the target's own token included) for the cost of a (k + 1)-token pass; the policy picks the k with
+the best ratio, and k = 0 (a plain step) when no draft beats plain decoding. Greedy output does not
+depend on k: only the speed does.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict, deque
+
+SAMPLES = 9  # pass timings kept per length: a running median shrugs off a preempted pass
+PRIOR_ACCEPTED, PRIOR_TRIALS = 1.6, 2.0
+
+
+class CostAwareLength:
+    def __init__(self) -> None:
+        self._seconds: dict[int, deque[float]] = defaultdict(lambda: deque(maxlen=SAMPLES))
+        self._accepted: dict[object, int] = defaultdict(int)
+        self._trials: dict[object, int] = defaultdict(int)
+
+    def start(self) -> None:
+        """A new generation: acceptance starts again from the prior (it depends on the text); costs stay."""
+        self._accepted.clear()
+        self._trials.clear()
+
+    def record_pass(self, tokens: int, seconds: float) -> None:
+        self._seconds[tokens].append(seconds)
+
+    def record_draft(self, source: object, drafted: int, accepted: int) -> None:
+        """Acceptance stops at the first rejection: `accepted` successes out of accepted + (1 if one was rejected)."""
+        self._accepted[source] += accepted
+        self._trials[source] += accepted + (accepted < drafted)
+
+    def acceptance(self, source: object) -> float:
+        return (self._accepted[source] + PRIOR_ACCEPTED) / (self._trials[source] + PRIOR_TRIALS)
+
+    def cost(self, tokens: int) -> float | None:
+        """Seconds for a pass of `tokens` tokens: measured, else the nearest shorter measured length's (optimistic,
+        so that the length gets tried and measured); None before any pass was timed."""
+        known = {m: statistics.median(s) for m, s in self._seconds.items() if s}
+        if not known:
+            return None
+        if tokens in known:
+            return known[tokens]
+        shorter = [m for m in known if m < tokens]
+        return known[max(shorter)] if shorter else known[min(known)]
+
+    def length(self, source: object, available: int) -> int:
+        """The number of drafted tokens (0..available) to verify in the next pass."""
+        one = self.cost(1)
+        if not available or one is None:
+            return available
+        a = min(self.acceptance(source), 0.999)
+        best_k, best_rate = 0, 1.0 / one
+        for k in range(1, available + 1):
+            cost = self.cost(k + 1)
+            rate = (1 - a ** (k + 1)) / (1 - a) / cost  # type: ignore[operator]
+            if rate > best_rate:
+                best_k, best_rate = k, rate
+        return best_k
