@@ -19,7 +19,7 @@ Paths (each in its own subprocess, one after another, like benchmarks/decode.py)
                    run with spinning off (see FACTS.md), so its own plain row is the fair baseline
 - edgekit +float   plain and the same ngram variants with load(pkg, float_passes=True): verify passes (and the
                    prefill) on float32 copies of the weights, one-token steps on the 4-bit kernels;
-                   two sessions take turns, so spinning is off
+                   the float session does not spin (it runs seldom), the main one does
 - edgekit fast     plain and the same ngram variants with int8 activations (load(pkg, fast=True))
 - llama.cpp        plain, plain with logits_all=True (what its drafter forces), and prompt lookup
                    (llama_cpp.llama_speculative.LlamaPromptLookupDecoding, max_ngram_size=3 like

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from edgekit.exporters.draft import check_same_tokenizer, layer_subset
+from edgekit.exporters.draft import check_same_tokenizer, layer_subset, measure_acceptance
 from edgekit.exporters.graph_builder import GraphBuilder
 from edgekit.exporters.quantize import QuantConfig, quantize_source
 from edgekit.exporters.sources import Source, open_source, source_tokenizer
@@ -131,6 +131,9 @@ def write_package(main: PackageContents, out: Path, draft: PackageContents | Non
             d = _write_contents(tmp / DRAFT_FOLDER, draft, {})
             extra["draft"] = {"folder": DRAFT_FOLDER, "source": d.data["source"], "layers": d.model.num_layers}
         manifest = _write_contents(tmp, main, extra)
+        if draft is not None:  # measured on the written package, then recorded (manifest.json lists no hash of itself)
+            manifest.data["draft"]["measured"] = measure_acceptance(tmp)
+            manifest.write(tmp)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -163,5 +166,11 @@ def describe(manifest: Manifest) -> str:
     """One line for the CLI: what was written."""
     m = manifest.model
     size = sum(f["size"] for f in manifest.files.values()) / 1e6
-    return (f"{m.architecture}, {m.num_layers} layers, weights {json.dumps(manifest.data['recipe']['summary'])}, "
+    line = (f"{m.architecture}, {m.num_layers} layers, weights {json.dumps(manifest.data['recipe']['summary'])}, "
             f"{size:.1f} MB")
+    draft = manifest.data.get("draft")
+    if draft:
+        measured = draft["measured"]
+        line += (f"; draft: {draft['layers']} layers, measured acceptance {measured['acceptance_rate']:.0%} "
+                 f"({measured['accepted_per_pass']:.2f} tokens accepted per pass at k={measured['draft_len']})")
+    return line

@@ -189,3 +189,14 @@ def test_greedy_output_does_not_depend_on_the_draft_policy(spec_pkg: Path, polic
         plain = list(model.generate_ids(ids, GenerationConfig(max_new_tokens=24, stop_token_ids=())))
         gen = GenerationConfig(24, stop_token_ids=(), speculative="ngram", draft_len=8, draft_policy=policy)
         assert list(model.generate_ids(ids, gen)) == plain, prompt
+
+
+def test_export_measures_the_drafts_acceptance(spec_pkg: Path) -> None:
+    from edgekit.exporters.pipeline import describe
+    from edgekit.package import read_manifest
+
+    manifest = read_manifest(spec_pkg)
+    measured = manifest.data["draft"]["measured"]
+    assert 0.0 <= measured["acceptance_rate"] <= 1.0 and measured["draft_len"] == 4
+    assert 0.0 <= measured["accepted_per_pass"] <= 4 and "measured acceptance" in describe(manifest)
+    load(spec_pkg, draft=True)  # the rewritten manifest still verifies
