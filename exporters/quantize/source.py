@@ -100,7 +100,13 @@ def _fill_by_budget(model: Any, windows: np.ndarray, source: Any, formats: dict[
     from edgekit.exporters.quantize.sensitivity import layer_units, measure_units
 
     free = [u for u in layer_units(source.config.num_layers) if not pinned & set(u)]
-    units = measure_units(model, windows, free, config.candidates())
+    free_shapes = [float_weight(source, n).shape for unit in free for n in unit]
+
+    def uniform_bpw(fmt: WeightFormat) -> float:
+        return sum(stored_bits(fmt, *shape) for shape in free_shapes) / sum(a * b for a, b in free_shapes)
+
+    baseline = min(config.candidates(), key=lambda fmt: abs(uniform_bpw(fmt) - config.target_bpw))
+    units = measure_units(model, windows, free, config.candidates(), baseline)
     fixed = [n for n in formats if n.startswith("layers.") and n in pinned]
     shapes = {n: float_weight(source, n).shape for n in fixed}
     chosen = allocate(units, config.target_bpw, sum(stored_bits(formats[n], *shapes[n]) for n in fixed),
@@ -110,8 +116,9 @@ def _fill_by_budget(model: Any, windows: np.ndarray, source: Any, formats: dict[
 
 def bits_per_weight(quantized: dict[str, BlockQuantWeight], names: list[str]) -> float:
     """What the package stores for `names` (codes of whole groups, float16 scales and offsets), per weight."""
-    bits = sum(stored_bits(WeightFormat(w.bits, w.block_size), *w.shape) for n in names for w in [quantized[n]])
-    return bits / sum(quantized[n].shape[0] * quantized[n].shape[1] for n in names)
+    weights = [quantized[n] for n in names]
+    bits = sum(stored_bits(WeightFormat(w.bits, w.block_size), *w.shape) for w in weights)
+    return bits / sum(w.shape[0] * w.shape[1] for w in weights)
 
 
 def _calibration(config: QuantConfig, tokenizer: Tokenizer, model: Any) -> tuple[np.ndarray, str]:
