@@ -224,9 +224,8 @@ EDGEKIT_ROWS: dict[str, QuantConfig | None] = {
     "int3 g128 RTN": QuantConfig(fmt(3)),
     "int3 g128 GPTQ": QuantConfig(fmt(3), "gptq"),
     "int2 g128 GPTQ": QuantConfig(fmt(2), "gptq"),
-    "mixed 3.5 bpw GPTQ": QuantConfig(None, "gptq", target_bpw=3.5, group_size=GROUP),
     "int3 g64 GPTQ": QuantConfig(WeightFormat(3, 64), "gptq"),
-    "mixed 3.5 bpw GPTQ g64": QuantConfig(None, "gptq", target_bpw=3.5, group_size=64),
+    "mixed 3.5 bpw GPTQ": QuantConfig(None, "gptq", target_bpw=3.5, group_size=GROUP),
 }
 ORT_ROWS = {"ORT int4 g128 RTN": ("rtn", GROUP), "ORT int4 g128 HQQ": ("hqq", GROUP),
             "ORT int4 g128 GPTQ": ("gptq", GROUP), "ORT int4 g64 GPTQ": ("gptq", 64)}

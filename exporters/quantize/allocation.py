@@ -41,13 +41,23 @@ class Unit:
         return sum(stored_bits(fmt, n, k) for n, k in self.shapes)
 
 
+def _frontier(unit: Unit) -> list[WeightFormat]:
+    """The unit's formats by stored bits, narrowest first, without any that a narrower one matches or beats."""
+    ladder: list[WeightFormat] = []
+    for fmt in sorted(unit.costs, key=lambda f: (unit.bits(f), unit.costs[f])):
+        if not ladder or (unit.costs[fmt] < unit.costs[ladder[-1]] and unit.bits(fmt) > unit.bits(ladder[-1])):
+            ladder.append(fmt)
+    return ladder
+
+
 def allocate(units: list[Unit], target_bpw: float, fixed_bits: int = 0, fixed_weights: int = 0,
              ) -> dict[tuple[str, ...], WeightFormat]:
     """The format of each unit so that all bits (units + `fixed_bits` over `fixed_weights` pinned weights) stay
-    within target_bpw per weight at least total cost. Candidates: each unit's `costs` keys."""
+    within target_bpw per weight at least total cost. Candidates: each unit's `costs` keys (those that cost less
+than every narrower one: formats that cost more bits and buy nothing are dropped)."""
     total_weights = fixed_weights + sum(u.weights for u in units)
     budget = target_bpw * total_weights - fixed_bits
-    ladders = [sorted(u.costs, key=u.bits) for u in units]  # narrowest first
+    ladders = [_frontier(u) for u in units]  # narrowest first
     floor = sum(u.bits(ladder[0]) for u, ladder in zip(units, ladders))
     if floor > budget:
         lowest = (floor + fixed_bits) / total_weights

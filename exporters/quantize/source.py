@@ -9,6 +9,7 @@ QuantizedSource: the same WeightSource interface, so the graph builder needs no 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -96,21 +97,24 @@ def _load_torch_model(source: Any) -> Any:
 
 def _fill_by_budget(model: Any, windows: np.ndarray, source: Any, formats: dict[str, WeightFormat],
                     pinned: set[str], config: QuantConfig) -> dict[str, WeightFormat]:
-    """--target-bpw: formats for the projections that no rule pinned, from measured sensitivity."""
+    """--target-bpw: formats for the projections that no rule pinned, from measured sensitivity. 2-bit formats
+    only when the budget cannot be met with 3 bits and more."""
     from edgekit.exporters.quantize.sensitivity import layer_units, measure_units
 
     free = [u for u in layer_units(source.config.num_layers) if not pinned & set(u)]
-    free_shapes = [float_weight(source, n).shape for unit in free for n in unit]
-
-    def uniform_bpw(fmt: WeightFormat) -> float:
-        return sum(stored_bits(fmt, *shape) for shape in free_shapes) / sum(a * b for a, b in free_shapes)
-
-    baseline = min(config.candidates(), key=lambda fmt: abs(uniform_bpw(fmt) - config.target_bpw))
-    units = measure_units(model, windows, free, config.candidates(), baseline)
     fixed = [n for n in formats if n.startswith("layers.") and n in pinned]
     shapes = {n: float_weight(source, n).shape for n in fixed}
-    chosen = allocate(units, config.target_bpw, sum(stored_bits(formats[n], *shapes[n]) for n in fixed),
-                      sum(a * b for a, b in shapes.values()))
+    fixed_bits, fixed_weights = sum(stored_bits(formats[n], *shapes[n]) for n in fixed), sum(
+        a * b for a, b in shapes.values())
+    c = source.config
+    narrowest = min(c.hidden_size, c.num_heads * c.head_dim, *(c.layer_intermediate_sizes or [c.intermediate_size]))
+    units = measure_units(model, windows, free, [f for f in config.candidates() if f.group_size <= narrowest])
+    try:
+        chosen = allocate(units, config.target_bpw, fixed_bits, fixed_weights)
+    except EdgekitError:
+        units = [replace(u, costs={**u.costs, **c.costs}) for u, c in
+                 zip(units, measure_units(model, windows, free, config.last_resort()))]
+        chosen = allocate(units, config.target_bpw, fixed_bits, fixed_weights)
     return {**formats, **{name: fmt for names, fmt in chosen.items() for name in names}}
 
 

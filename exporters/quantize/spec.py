@@ -113,8 +113,14 @@ class QuantConfig:
             raise EdgekitError(f"--target-bpw {self.target_bpw} is out of range ({MIN_TARGET_BPW} to {MAX_TARGET_BPW})")
 
     def candidates(self) -> list[WeightFormat]:
-        """--target-bpw's choices for each projection: every bit width at the export's group size and symmetry."""
-        return [WeightFormat(b, self.group_size, self.symmetric) for b in SUPPORTED_BITS]
+        """--target-bpw's choices for each projection: 3 bits at every group size (the group size is the finest
+        step in bits per weight), 4 bits at 64 and 128, 8 bits at the export's group size."""
+        formats = [(3, g) for g in (32, 64, 128, 256)] + [(4, 64), (4, 128), (8, self.group_size)]
+        return [WeightFormat(b, g, self.symmetric) for b, g in formats]
+
+    def last_resort(self) -> list[WeightFormat]:
+        """2-bit formats, for budgets below what 3 bits take."""
+        return [WeightFormat(2, g, self.symmetric) for g in (64, 128, 256)]
 
 
 def quant_config_from_options(weights: str | None, group_size: int | None = None, symmetric: bool = False,
