@@ -131,7 +131,7 @@ def float_projection_contents() -> PackageContents:
     contents = prepare(str(GGUF))
     source = contents.source
     weights = {n: float_weight(source, n) for n in tensor_names(source) if n.startswith("layers.")}
-    weights["embed"] = quantize_rtn(float_weight(source, "embed"), WeightFormat(8, GROUP))
+    weights["embed"] = quantize_rtn(float_weight(source, "embed"), WeightFormat(4, GROUP).for_embedding())
     floats = QuantizedSource(source, weights, Recipe(method="float projections"))  # type: ignore[arg-type]
     return PackageContents(floats, build_graph(floats), contents.tokenizer, contents.tok_info, str(GGUF))
 
@@ -287,7 +287,7 @@ def table(ref: Reference, rows: list[Row]) -> str:
     tokens = sum(len(w) for w in ref.windows)
     lines = [f"Quality per byte, SmolLM2-135M-Instruct on {platform.machine()}: reference float32 (dequantized GGUF) "
              f"perplexity {ref.ppl:.4f} on {tokens} tokens of pydoc text, 512-token windows; edgekit runtime, exact "
-             f"mode, {THREADS} threads. Embedding and tied output layer int8 g{GROUP} in every re-quantized row.",
+             f"mode, {THREADS} threads. Embedding and tied output layer int8 g{min(GROUP, 64)} in every re-quantized row.",
              "",
              f"{'row':28s} {'perplexity':>10s} {'vs fp32':>8s} {'KL':>7s} {'top-1':>6s} {'bpw':>6s} "
              f"{'MB':>6s} {'tok/s':>6s} {'build s':>7s}",
