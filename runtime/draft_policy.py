@@ -52,24 +52,30 @@ class CostAwareLength:
     def cost(self, tokens: int) -> float | None:
         """Seconds for a pass of `tokens` tokens: measured, else the nearest shorter measured length's (optimistic,
         so that the length gets tried and measured); None before any pass was timed."""
+        return self._costs(tokens)[-1]
+
+    def _costs(self, longest: int) -> list[float | None]:
+        """cost(m) for m = 1..longest (index m - 1), from one median per measured length."""
         known = {m: statistics.median(s) for m, s in self._seconds.items() if s}
         if not known:
-            return None
-        if tokens in known:
-            return known[tokens]
-        shorter = [m for m in known if m < tokens]
-        return known[max(shorter)] if shorter else known[min(known)]
+            return [None] * longest
+        out: list[float | None] = []
+        for m in range(1, longest + 1):
+            shorter = [n for n in known if n <= m]
+            out.append(known[m] if m in known else known[max(shorter)] if shorter else known[min(known)])
+        return out
 
     def length(self, source: object, available: int) -> int:
         """The number of drafted tokens (0..available) to verify in the next pass."""
-        one = self.cost(1)
-        if not available or one is None:
+        if not available:
+            return 0
+        costs = self._costs(available + 1)
+        if costs[0] is None:
             return available
         a = min(self.acceptance(source), 0.999)
-        best_k, best_rate = 0, 1.0 / one
+        best_k, best_rate = 0, 1.0 / costs[0]
         for k in range(1, available + 1):
-            cost = self.cost(k + 1)
-            rate = (1 - a ** (k + 1)) / (1 - a) / cost  # type: ignore[operator]
+            rate = (1 - a ** (k + 1)) / (1 - a) / costs[k]  # type: ignore[operator]
             if rate > best_rate:
                 best_k, best_rate = k, rate
         return best_k

@@ -143,7 +143,7 @@ def test_cli_export_writes_quantized_package(tmp_path: Path, tiny_hf: Path) -> N
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--weights", "int4", "--group-size", "128"], "tensor embed: row size 64 is smaller than the group size 128"),
+    (["--weights", "int4", "--group-size", "128"], "tensor layers.0.q: row size 64 is smaller than the group size 128"),
     (["--weights", "int5"], "unknown weight format 'int5'"),
     (["--weights", "int4g64", "--group-size", "32"], "disagree"),
     (["--weights", "int4", "--method", "awq"], "unknown quantization method 'awq'"),
