@@ -12,7 +12,11 @@ ONNX Runtime rows: `MatMulNBitsQuantizer` (RTN = its default quantizer, HQQ, GPT
 windows) applied to the same graph with float32 projections and the same 8-bit embedding / tied output
 layer as the edgekit rows, so the rows differ only in how the projections are quantized. ONNX Runtime
 has no 3-bit format, so it has no int3 rows. Needs the `bench` extra (`pip install -e ".[bench]"`: onnx-ir
-for the ORT quantizer). About 25 minutes on 2 cores.
+for the ORT quantizer). About 55 minutes on 2 cores.
+
+Calibration: edgekit's default, text the model generates itself, except in the rows marked "held-out": those
+calibrate on pydoc text disjoint from the evaluated characters (edgekit.evaltext.held_out_text). "+tune100":
+GPTQ then 100 steps of end-to-end distillation of group scales and norm weights (`--tune-steps 100`).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from edgekit.exporters.reference import TorchReference
 from edgekit.runtime import GenerationConfig, Model
 from edgekit.runtime.bench import decode_latencies
 
-from edgekit.evaltext import default_text, log_softmax, windows
+from edgekit.evaltext import HELD_OUT_START, default_text, held_out_text, log_softmax, windows
 from edgekit.package import GRAPH_FILE, WEIGHTS_FILE
 from edgekit.recipe import Recipe
 
@@ -215,6 +219,10 @@ def fmt(bits: int, sym: bool = False) -> WeightFormat:
     return WeightFormat(bits, GROUP, sym)
 
 
+# Calibration on held-out text of the evaluation's kind (pydoc, disjoint from the evaluated characters), as
+# WikiText's train split calibrates for its test split; the other data-aware rows use the default, self-generated text.
+HELD_OUT = CalibrationConfig(file=WORK / "held-out.txt")
+TUNE = 100
 EDGEKIT_ROWS: dict[str, QuantConfig | None] = {
     "GGUF Q4_1 as shipped (g32)": None,
     "int8 g128 RTN": QuantConfig(fmt(8)),
@@ -227,6 +235,10 @@ EDGEKIT_ROWS: dict[str, QuantConfig | None] = {
     "int2 g128 GPTQ": QuantConfig(fmt(2), "gptq"),
     "int3 g64 GPTQ": QuantConfig(WeightFormat(3, 64), "gptq"),
     "mixed 3.5 bpw GPTQ": QuantConfig(None, "gptq", target_bpw=3.5, group_size=GROUP),
+    f"int4 g128 GPTQ+tune{TUNE}": QuantConfig(fmt(4), "gptq", tune_steps=TUNE),
+    "int4 g128 GPTQ, held-out": QuantConfig(fmt(4), "gptq", HELD_OUT),
+    f"int4 g128 GPTQ+tune{TUNE}, held-out": QuantConfig(fmt(4), "gptq", HELD_OUT, tune_steps=TUNE),
+    f"int3 g128 GPTQ+tune{TUNE}, held-out": QuantConfig(fmt(3), "gptq", HELD_OUT, tune_steps=TUNE),
 }
 ORT_ROWS = {"ORT int4 g128 RTN": ("rtn", GROUP), "ORT int4 g128 HQQ": ("hqq", GROUP),
             "ORT int4 g128 GPTQ": ("gptq", GROUP), "ORT int4 g64 GPTQ": ("gptq", 64)}
@@ -258,8 +270,12 @@ def main() -> None:
     parser.add_argument("--chars", type=int, default=40_000)
     parser.add_argument("--out", default="benchmarks/results/quality-latest")
     args = parser.parse_args()
+    if args.chars > HELD_OUT_START:
+        parser.error(f"--chars {args.chars} would overlap the held-out calibration text (from {HELD_OUT_START})")
     wanted = set(args.rows.split(",")) if args.rows else set(EDGEKIT_ROWS) | set(ORT_ROWS)
     log(f"packages under {WORK}")
+    assert HELD_OUT.file is not None
+    HELD_OUT.file.write_text(held_out_text())
     ref = Reference(args.chars)
     log(f"reference perplexity {ref.ppl:.4f} on {sum(len(w) for w in ref.windows)} tokens")
     rows: list[Row] = []
@@ -290,14 +306,14 @@ def table(ref: Reference, rows: list[Row]) -> str:
              f"perplexity {ref.ppl:.4f} on {tokens} tokens of pydoc text, 512-token windows; edgekit runtime, exact "
              f"mode, {THREADS} threads. Embedding and tied output layer int8 g{min(GROUP, 64)} in every re-quantized row.",
              "",
-             f"{'row':28s} {'perplexity':>10s} {'vs fp32':>8s} {'KL':>7s} {'top-1':>6s} {'bpw':>6s} "
+             f"{'row':34s} {'perplexity':>10s} {'vs fp32':>8s} {'KL':>7s} {'top-1':>6s} {'bpw':>6s} "
              f"{'MB':>6s} {'tok/s':>6s} {'build s':>7s}",
-             "-" * 92]
+             "-" * 98]
     for r in rows:
         if r.error:
-            lines.append(f"{r.name:28s} failed: {r.error}")
+            lines.append(f"{r.name:34s} failed: {r.error}")
             continue
-        lines.append(f"{r.name:28s} {r.ppl:10.3f} {r.ppl / ref.ppl - 1:+8.1%} {r.kl:7.4f} {r.top1:6.1%} "
+        lines.append(f"{r.name:34s} {r.ppl:10.3f} {r.ppl / ref.ppl - 1:+8.1%} {r.kl:7.4f} {r.top1:6.1%} "
                      f"{r.bits_per_weight:6.3f} {r.size_mb:6.1f} {r.tokens_per_s:6.1f} {r.seconds_to_build:7.0f}")
     lines += ["", "bpw: stored bits per projection weight (codes, float16 scales and offsets or packed zero points); "
               "KL: mean KL(reference || row) in nats per token; top-1: agreement of the argmax with the reference's."]

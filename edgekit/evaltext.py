@@ -14,10 +14,23 @@ DEFAULT_CHARS = 40_000
 DEFAULT_WINDOW = 512
 
 
-def default_text(chars: int = DEFAULT_CHARS) -> str:
+HELD_OUT_START = 100_000  # where held-out calibration text starts: past any evaluation text benchmarks use
+
+
+def _topics() -> str:
     from pydoc_data.topics import topics
 
-    return "\n".join(topics[k] for k in sorted(topics))[:chars]
+    return "\n".join(topics[k] for k in sorted(topics))
+
+
+def default_text(chars: int = DEFAULT_CHARS) -> str:
+    return _topics()[:chars]
+
+
+def held_out_text(chars: int = 60_000) -> str:
+    """Text of the same kind as default_text and disjoint from its first HELD_OUT_START characters: calibration
+    data for benchmarks that evaluate on default_text (as WikiText's train split calibrates for its test split)."""
+    return _topics()[HELD_OUT_START:HELD_OUT_START + chars]
 
 
 def windows(ids: list[int], window: int = DEFAULT_WINDOW) -> Iterator[list[int]]:

@@ -22,6 +22,7 @@ class Recipe:
     symmetric: bool = False
     act_order: bool = False  # GPTQ's column order by decreasing Hessian diagonal
     calibration: str | None = None  # e.g. "self-generated, 1064 tokens"
+    tune_steps: int = 0  # steps of end-to-end distillation of group scales and norm weights
     plan: str | None = None  # how mixed formats were chosen: "plan mixed.yaml", "target 3.5 bpw by ..."
     bits_per_weight: float | None = None  # stored bits (codes, scales, offsets) per projection weight
     bits_per_weight_all: float | None = None  # the same over every quantized tensor, embedding included
@@ -36,5 +37,6 @@ class Recipe:
     def from_dict(cls, d: dict[str, Any]) -> Recipe:
         return cls(method=d["method"], tensor_formats=dict(d["tensor_formats"]), bits=d.get("bits"),
                    group_size=d.get("group_size"), symmetric=bool(d.get("symmetric", False)),
-                   act_order=bool(d.get("act_order", False)), calibration=d.get("calibration"), plan=d.get("plan"),
+                   act_order=bool(d.get("act_order", False)), calibration=d.get("calibration"),
+                   tune_steps=int(d.get("tune_steps", 0)), plan=d.get("plan"),
                    bits_per_weight=d.get("bits_per_weight"), bits_per_weight_all=d.get("bits_per_weight_all"))

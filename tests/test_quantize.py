@@ -83,9 +83,8 @@ def test_gptq_beats_rtn_on_layer_output_error() -> None:
 def _export_and_compare(tmp_path: Path, src: Path, config: QuantConfig) -> dict:
     contents = prepare(str(src), config)
     manifest = write_package(contents, tmp_path / "pkg")
-    weights = contents.source.quantized
     reference = TorchReference(str(src), "cpu")
-    write_fake_quantized(reference.model, weights)
+    write_fake_quantized(reference.model, {**contents.source.quantized, **contents.source.floats})
     model = load(tmp_path / "pkg")
     ids = model.encode(PROMPT)
     expected, got = reference.logits(ids), model.logits(ids)

@@ -21,10 +21,19 @@ def to_half_grid(x: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(h) & ((h != 0) | (x == 0)), h, x).astype(np.float32)
 
 
-def round_up_to_bits(x: np.ndarray, significant: int) -> np.ndarray:
-    """x > 0 rounded up to `significant` significant bits (a scale that still spans its group's range)."""
+def round_to_bits(x: np.ndarray, significant: int | np.ndarray, up: bool = False) -> np.ndarray:
+    """x rounded to `significant` significant bits (elementwise when an array): to nearest, or with `up` (for
+    x > 0) upwards, for a scale that still spans its group's range."""
     mantissa, exponent = np.frexp(x.astype(np.float64))
-    return np.ldexp(np.ceil(mantissa * 2.0**significant) / 2.0**significant, exponent).astype(np.float32)
+    steps = 2.0 ** np.asarray(significant, np.float64)
+    return np.ldexp((np.ceil if up else np.rint)(mantissa * steps) / steps, exponent).astype(np.float32)
+
+
+def significant_bits(z: np.ndarray) -> np.ndarray:
+    """Significant bits of integers |z| (0 for 0): 12 -> 2 (0b1100), 15 -> 4, 8 -> 1."""
+    z = np.abs(z).astype(np.int64)
+    odd = z // np.maximum(z & -z, 1)  # trailing zeros dropped
+    return np.where(z > 0, np.floor(np.log2(np.maximum(odd, 1))) + 1, 0).astype(np.int64)
 
 
 def group_params(groups: np.ndarray, fmt: WeightFormat, zero_point: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +67,7 @@ def group_params(groups: np.ndarray, fmt: WeightFormat, zero_point: bool = True)
         return scales, offsets
     lo, hi = np.minimum(groups.min(axis=-1), 0), np.maximum(groups.max(axis=-1), 0)
     span = np.where(hi > lo, hi - lo, 1.0)
-    scales = to_half_grid(round_up_to_bits(span / maxq, 11 - fmt.bits))
+    scales = to_half_grid(round_to_bits(span / maxq, 11 - fmt.bits, up=True))
     zero_points = np.clip(np.rint(-lo / scales), 0, maxq)
     return scales, (-zero_points * scales).astype(np.float32)
 
@@ -107,3 +116,17 @@ def on_minimum_grid(w: np.ndarray, fmt: WeightFormat) -> BlockQuantWeight | None
 def quantize_rtn(w: np.ndarray, fmt: WeightFormat) -> BlockQuantWeight:
     """float32 [N, K] -> BlockQuantWeight with `fmt`'s bits and group size (a short last group where G ∤ K)."""
     return on_minimum_grid(w, fmt) or _rtn(w.astype(np.float32), fmt, zero_point=True)
+
+
+def rescale_groups(q: BlockQuantWeight, factors: np.ndarray) -> BlockQuantWeight:
+    """The same codes with each group's scale and offset multiplied by `factors` [N, groups], rounded back onto
+    the grid the package stores: float16, and where every offset is an integer zero point (o = -z·s), scales
+    with few enough significant bits that z·s stays exact in float16 (so z stays that integer)."""
+    z = -q.offsets / np.where(q.scales != 0, q.scales, 1)
+    scales = (q.scales * factors).astype(np.float32)
+    if np.array_equal(z, np.rint(z)):
+        scales = to_half_grid(round_to_bits(scales, 11 - significant_bits(z)))
+        offsets = (-z * scales).astype(np.float32)
+    else:
+        scales, offsets = to_half_grid(scales), to_half_grid(q.offsets * factors)
+    return BlockQuantWeight(q.codes, scales, offsets, q.bits, q.block_size, q.source_format)

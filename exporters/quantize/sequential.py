@@ -23,6 +23,7 @@ from edgekit.progress import progress
 # Canonical projection names (exporters.weights.LINEAR_NAMES) -> module path inside a decoder layer.
 PROJECTIONS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
                "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+NORMS = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
 # Projections that read one input, quantized as one stacked matrix with one Hessian.
 SHARED_INPUT_GROUPS = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
 
@@ -78,25 +79,29 @@ def run_layer(layer: object, hidden: object, kwargs: dict) -> object:
     return out[0] if isinstance(out, tuple) else out
 
 
-def _set_weight(module: object, w: BlockQuantWeight) -> None:
+def _set_weight(module: object, w: BlockQuantWeight | np.ndarray) -> None:
     import torch
 
-    module.weight.data.copy_(torch.from_numpy(w.dequantize()))  # type: ignore[attr-defined]
+    value = w.dequantize() if isinstance(w, BlockQuantWeight) else np.asarray(w, np.float32)
+    module.weight.data.copy_(torch.from_numpy(value))  # type: ignore[attr-defined]
 
 
 def torch_module(model: object, name: str) -> object:
-    """The torch module holding canonical weight `name` (`embed`, `lm_head`, `layers.{i}.{q,...,down}`)."""
+    """The torch module holding canonical weight `name` (`embed`, `lm_head`, `norm`,
+    `layers.{i}.{q,...,down,attn_norm,mlp_norm}`)."""
     if name == "embed":
         return model.model.embed_tokens  # type: ignore[attr-defined]
     if name == "lm_head":
         return model.lm_head  # type: ignore[attr-defined]
-    _, i, proj = name.split(".")
-    return model.model.layers[int(i)].get_submodule(PROJECTIONS[proj])  # type: ignore[attr-defined]
+    if name == "norm":
+        return model.model.norm  # type: ignore[attr-defined]
+    _, i, part = name.split(".")
+    return model.model.layers[int(i)].get_submodule({**PROJECTIONS, **NORMS}[part])  # type: ignore[attr-defined]
 
 
-def write_fake_quantized(model: object, weights: dict[str, BlockQuantWeight]) -> None:
-    """Put the dequantized weights into a transformers model: the float model that computes what the package
-    computes (tests and quality reports compare against it)."""
+def write_fake_quantized(model: object, weights: dict[str, BlockQuantWeight | np.ndarray]) -> None:
+    """Put the dequantized weights (and float ones, e.g. tuned norms) into a transformers model: the float model
+    that computes what the package computes (tests and quality reports compare against it)."""
     import torch
 
     with torch.no_grad():

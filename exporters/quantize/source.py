@@ -31,9 +31,11 @@ from edgekit.recipe import Recipe
 class QuantizedSource:
     """`inner` with some weights replaced by quantized ones; everything else (norms, biases, config) as it was."""
 
-    def __init__(self, inner: Any, quantized: dict[str, BlockQuantWeight], recipe: Recipe):
+    def __init__(self, inner: Any, quantized: dict[str, BlockQuantWeight], recipe: Recipe,
+                 floats: dict[str, np.ndarray] | None = None):
         self.inner = inner
         self.quantized = quantized
+        self.floats = floats or {}  # float tensors replaced by the export (tuned norm weights)
         self.recipe = recipe
         self.config = inner.config
         self.path = inner.path
@@ -43,7 +45,9 @@ class QuantizedSource:
         return self.inner.has(name)
 
     def get(self, name: str) -> Weight:
-        return self.quantized[name] if name in self.quantized else self.inner.get(name)
+        if name in self.quantized:
+            return self.quantized[name]
+        return self.floats[name] if name in self.floats else self.inner.get(name)
 
 
 def float_weight(source: Any, name: str) -> np.ndarray:
@@ -146,9 +150,13 @@ def quantize_source(source: Any, config: QuantConfig, tokenizer: Tokenizer) -> Q
         file_windows(str(config.calibration.file), tokenizer, config.calibration)  # fail before any slow work
     calibration = "none"
     quantized: dict[str, BlockQuantWeight] = {}
-    if config.method == "gptq" or config.target_bpw is not None:
+    if config.data_aware:
         model = _load_torch_model(source)
         windows, calibration = _calibration(config, tokenizer, model)
+        if config.tune_steps:
+            from edgekit.exporters.quantize.tune import float_teacher
+
+            teacher = float_teacher(model)  # before GPTQ quantizes `model` in place
         if config.target_bpw is not None:
             formats = _fill_by_budget(model, windows, source, formats, pinned, config)
         if config.method == "gptq":
@@ -162,6 +170,14 @@ def quantize_source(source: Any, config: QuantConfig, tokenizer: Tokenizer) -> Q
     remaining = [name for name in formats if name not in quantized]  # RTN: everything, or GPTQ's untied embedding
     for name in progress(remaining, "quantizing (rtn)"):
         quantized[name] = quantize_rtn(float_weight(source, name), formats[name])
+    tuned_norms: dict[str, np.ndarray] = {}
+    if config.tune_steps:
+        from edgekit.exporters.quantize.sequential import write_fake_quantized
+        from edgekit.exporters.quantize.tune import tune_scales
+
+        write_fake_quantized(model, quantized)
+        tuned, tuned_norms = tune_scales(teacher, model, quantized, windows, config.tune_steps)
+        quantized.update(tuned)
     projections = [n for n in formats if n.startswith("layers.")]
     uniform = {formats[n] for n in projections}
     fmt = next(iter(uniform)) if len(uniform) == 1 else None
@@ -170,6 +186,7 @@ def quantize_source(source: Any, config: QuantConfig, tokenizer: Tokenizer) -> Q
     recipe = Recipe(method=config.method, bits=fmt.bits if fmt else None, group_size=fmt.group_size if fmt else None,
                     symmetric=fmt.symmetric if fmt else config.symmetric,
                     act_order=config.act_order and config.method == "gptq", calibration=calibration,
+                    tune_steps=config.tune_steps,
                     plan=plan or None, bits_per_weight=round(bits_per_weight(quantized, projections), 4),
                     bits_per_weight_all=round(bits_per_weight(quantized, list(formats)), 4))
-    return QuantizedSource(source, quantized, recipe)
+    return QuantizedSource(source, quantized, recipe, tuned_norms)

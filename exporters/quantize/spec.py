@@ -107,12 +107,22 @@ class QuantConfig:
     target_bpw: float | None = None  # bits per weight over the projections, allocated by measured sensitivity
     group_size: int = DEFAULT_GROUP_SIZE  # for --target-bpw's candidate formats and the default head format
     symmetric: bool = False
+    # Steps of end-to-end distillation of group scales and norm weights after the method (0: none; tune.py).
+    tune_steps: int = 0
+
+    @property
+    def data_aware(self) -> bool:
+        """Whether the export runs the torch model on calibration text."""
+        return self.method == "gptq" or self.target_bpw is not None or self.tune_steps > 0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise EdgekitError(f"unknown quantization method {self.method!r} (supported: {', '.join(METHODS)})")
-        if self.method == "rtn" and self.target_bpw is None and self.calibration.file is not None:
-            raise EdgekitError("--calib is only used by a data-aware method or --target-bpw: add --method gptq")
+        if not self.data_aware and self.calibration.file is not None:
+            raise EdgekitError("--calib is only used by a data-aware method, --tune-steps or --target-bpw: "
+                               "add --method gptq")
+        if self.tune_steps < 0:
+            raise EdgekitError(f"--tune-steps must be 0 or more, not {self.tune_steps}")
         if self.target_bpw is not None and not MIN_TARGET_BPW <= self.target_bpw <= MAX_TARGET_BPW:
             raise EdgekitError(f"--target-bpw {self.target_bpw} is out of range ({MIN_TARGET_BPW} to {MAX_TARGET_BPW})")
 
@@ -130,12 +140,12 @@ class QuantConfig:
 def quant_config_from_options(weights: str | None, group_size: int | None = None, symmetric: bool = False,
                               method: str | None = None, calib: str | None = None,
                               act_order: bool | None = None, plan: str | None = None,
-                              target_bpw: float | None = None) -> QuantConfig | None:
+                              target_bpw: float | None = None, tune_steps: int = 0) -> QuantConfig | None:
     """`edgekit export`'s quantization options as a QuantConfig (None: no --weights, --plan or --target-bpw:
     keep the source's weights)."""
     if weights is None and plan is None and target_bpw is None:
         options = (("--group-size", group_size), ("--symmetric", symmetric), ("--method", method),
-                   ("--calib", calib), ("--act-order", act_order is not None))
+                   ("--calib", calib), ("--act-order", act_order is not None), ("--tune-steps", tune_steps))
         given = [opt for opt, value in options if value]
         if given:
             raise EdgekitError(f"{given[0]} needs --weights, --plan or --target-bpw")
@@ -145,4 +155,5 @@ def quant_config_from_options(weights: str | None, group_size: int | None = None
     WeightFormat(4, group)  # checks the group size
     return QuantConfig(fmt, method or "rtn", CalibrationConfig(file=Path(calib) if calib else None),
                        True if act_order is None else act_order, plan=Path(plan) if plan else None,
-                       target_bpw=target_bpw, group_size=group, symmetric=fmt.symmetric if fmt else symmetric)
+                       target_bpw=target_bpw, group_size=group, symmetric=fmt.symmetric if fmt else symmetric,
+                       tune_steps=tune_steps)
