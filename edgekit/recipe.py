@@ -23,6 +23,8 @@ class Recipe:
     act_order: bool = False  # GPTQ's column order by decreasing Hessian diagonal
     calibration: str | None = None  # e.g. "self-generated, 1064 tokens"
     tune_steps: int = 0  # steps of end-to-end distillation of group scales and norm weights
+    # Projection nodes (`layers.3.qkv`) that keep exact activations in fast mode, by measured error (fast_mode.py).
+    fast_exact: list[str] = field(default_factory=list)
     plan: str | None = None  # how mixed formats were chosen: "plan mixed.yaml", "target 3.5 bpw by ..."
     bits_per_weight: float | None = None  # stored bits (codes, scales, offsets) per projection weight
     bits_per_weight_all: float | None = None  # the same over every quantized tensor, embedding included
@@ -38,5 +40,6 @@ class Recipe:
         return cls(method=d["method"], tensor_formats=dict(d["tensor_formats"]), bits=d.get("bits"),
                    group_size=d.get("group_size"), symmetric=bool(d.get("symmetric", False)),
                    act_order=bool(d.get("act_order", False)), calibration=d.get("calibration"),
-                   tune_steps=int(d.get("tune_steps", 0)), plan=d.get("plan"),
+                   tune_steps=int(d.get("tune_steps", 0)), fast_exact=list(d.get("fast_exact", [])),
+                   plan=d.get("plan"),
                    bits_per_weight=d.get("bits_per_weight"), bits_per_weight_all=d.get("bits_per_weight_all"))

@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.formats import BlockQuantWeight, pack_codes
 from edgekit.model_config import ModelConfig
+from edgekit.node_names import MATMUL_SUFFIX
 from edgekit.ops import (
     OPSET_IMPORTS,
     GatherBlockQ4,
@@ -83,7 +84,7 @@ class GraphBuilder:
                 raise ValueError(f"{name}: no op for {w.bits}-bit weights")
             self.edgekit_ops.add(op.op_type)
             n, k = w.shape
-            node = op.make_node([x, *self._block_inputs(name, w)], [out], f"{name}.matmul",
+            node = op.make_node([x, *self._block_inputs(name, w)], [out], f"{name}{MATMUL_SUFFIX}",
                                 K=k, N=n, block_size=w.block_size)
             self.nodes.append(node)
         else:

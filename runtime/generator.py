@@ -84,7 +84,8 @@ class Model:
             copy = onnx.ModelProto()
             copy.CopyFrom(onnx_model)  # lowering and the session take their model apart
             wide = make_session(lower(copy, self.provider, float_weights=True), replace(settings, spinning=False))
-        session = make_session(lower(onnx_model, self.provider, fast=self.fast), settings)
+        exact = frozenset(manifest.data.get("recipe", {}).get("fast_exact", []))
+        session = make_session(lower(onnx_model, self.provider, fast=self.fast, exact_nodes=exact), settings)
         return manifest, Decoder(session, config, length, wide)
 
     # -- tokens ----------------------------------------------------------------------------------------

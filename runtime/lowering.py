@@ -19,7 +19,8 @@ each op becomes the fastest kernel that computes the same weights:
 - Gather ops keep their function body: they touch only the gathered rows.
 
 `fast=True` sets accuracy_level 4 (int8 activations) on every MatMulNBits: about 2-3x faster GEMV,
-not bit-faithful, and it can flip near-tied greedy tokens. It is opt-in.
+not bit-faithful, and it can flip near-tied greedy tokens. It is opt-in. `exact_nodes` (the manifest's
+`recipe.fast_exact`, measured at export) keeps those projections' nodes at level 0 in fast mode.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgekit.formats import pack_codes, unpack_codes
+from edgekit.node_names import projection_node
 from edgekit.ops import DOMAIN, OPS
 from edgekit.ops.block_dequant import dequantize_blocks
 
@@ -60,10 +62,12 @@ def pack_zero_points(z: np.ndarray, bits: int) -> np.ndarray:
 
 
 class _Lowering:
-    def __init__(self, model: onnx.ModelProto, fast: bool, float_weights: bool = False):
+    def __init__(self, model: onnx.ModelProto, fast: bool, float_weights: bool = False,
+                 exact_nodes: frozenset[str] = frozenset()):
         self.model = model
         self.graph = model.graph
         self.fast = fast
+        self.exact_nodes = exact_nodes
         self.float_weights = float_weights
         self.inits = {t.name: t for t in self.graph.initializer}
         self.new_nodes: list[onnx.NodeProto] = []
@@ -75,6 +79,13 @@ class _Lowering:
 
     def array(self, name: str) -> np.ndarray:
         return numpy_helper.to_array(self.inits[name])
+
+    def int8_activations(self, node: onnx.NodeProto) -> bool:
+        """Fast mode, unless the package measured this projection's node as one to keep exact."""
+        return self.fast and projection_node(node.name) not in self.exact_nodes
+
+    def level(self, node: onnx.NodeProto) -> int:
+        return ACCURACY_INT8 if self.int8_activations(node) else ACCURACY_EXACT
 
     def add_init(self, name: str, a: np.ndarray) -> str:
         self.new_inits.append(numpy_helper.from_array(np.ascontiguousarray(a), name))
@@ -136,13 +147,12 @@ class _Lowering:
 
     def matmul_q4(self, node: onnx.NodeProto) -> None:
         packed, scales, offsets, block, k = self.node_weight(node)
-        level = ACCURACY_INT8 if self.fast else ACCURACY_EXACT
-        self.matmul_nbits(node.input[0], node.output[0], packed, scales, offsets, 4, block, k, level)
+        self.matmul_nbits(node.input[0], node.output[0], packed, scales, offsets, 4, block, k, self.level(node))
 
     def matmul_q8(self, node: onnx.NodeProto) -> None:
         a, out = node.input[0], node.output[0]
         packed, scales, offsets, block, k = self.node_weight(node)
-        if self.fast and integer_zero_points(scales, offsets, 8) is not None:
+        if self.int8_activations(node) and integer_zero_points(scales, offsets, 8) is not None:
             self.matmul_nbits(a, out, packed, scales, offsets, 8, block, k, ACCURACY_INT8)
             return
         # Exact: MatMulNBits' 8-bit kernel is slow without int8 activations, so each 8-bit code u is split
@@ -164,18 +174,17 @@ class _Lowering:
             self.emit("Concat", [whole, whole], [doubled], axis=-1)
             self.doubled_inputs.add(doubled)
         self.matmul_nbits(doubled, out, pack_codes(halves, 4, block), split_scales, split_offsets, 4, block,
-                          2 * n_blocks * block, ACCURACY_INT8 if self.fast else ACCURACY_EXACT)
+                          2 * n_blocks * block, self.level(node))
 
     def matmul_repacked(self, node: onnx.NodeProto, bits: int) -> None:
         """MatMulBlockQ2/Q3: the codes widened to 4-bit codes (same values, scales and offsets), then MatMulNBits."""
         packed, scales, offsets, block, k = self.node_weight(node)
         a, out = node.input[0], node.output[0]
-        if self.fast and bits == 2:
+        if self.int8_activations(node) and bits == 2:
             self.matmul_nbits(a, out, packed, scales, offsets, 2, block, k, ACCURACY_INT8)
             return
         four_bit = pack_codes(unpack_codes(packed, bits).reshape(packed.shape[0], -1), 4, block)
-        self.matmul_nbits(a, out, four_bit, scales, offsets, 4, block, k,
-                          ACCURACY_INT8 if self.fast else ACCURACY_EXACT)
+        self.matmul_nbits(a, out, four_bit, scales, offsets, 4, block, k, self.level(node))
 
     def matmul_float(self, node: onnx.NodeProto) -> None:
         """The weights dequantized once, at load, to a float32 [K, N] initializer for a plain MatMul."""
@@ -210,10 +219,11 @@ class _Lowering:
         return self.model
 
 
-def lower(model: onnx.ModelProto, provider: str, fast: bool = False, float_weights: bool = False) -> onnx.ModelProto:
+def lower(model: onnx.ModelProto, provider: str, fast: bool = False, float_weights: bool = False,
+          exact_nodes: frozenset[str] = frozenset()) -> onnx.ModelProto:
     """Lower edgekit ops in place for `provider`; providers without these kernels keep the function bodies.
     `float_weights`: every block-quantized MatMul becomes a float32 MatMul on its exact dequantized weights
     (4x the memory of 8-bit, 8x of 4-bit; for multi-token passes, see Decoder)."""
     if provider not in NATIVE_PROVIDERS:
         return model
-    return _Lowering(model, fast, float_weights).run()
+    return _Lowering(model, fast, float_weights, exact_nodes).run()

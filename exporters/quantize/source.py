@@ -24,6 +24,7 @@ from tokenizers import Tokenizer
 
 from edgekit.errors import EdgekitError
 from edgekit.formats import BlockQuantWeight
+from edgekit.node_names import projection_node
 from edgekit.progress import progress
 from edgekit.recipe import Recipe
 
@@ -138,6 +139,21 @@ def _calibration(config: QuantConfig, tokenizer: Tokenizer, model: Any) -> tuple
     return windows, f"self-generated, {windows.size} tokens"
 
 
+def _fast_exact_nodes(model: Any, windows: np.ndarray, quantized: dict[str, BlockQuantWeight],
+                      norms: dict[str, np.ndarray]) -> list[str]:
+    """Fast mode's exact nodes, measured on the calibration text with the weights the package stores."""
+    from edgekit.exporters.quantize.fast_mode import activation_errors, exact_nodes
+    from edgekit.exporters.quantize.sequential import write_fake_quantized
+
+    write_fake_quantized(model, {**quantized, **norms})
+    projections = {n: w for n, w in quantized.items() if n.startswith("layers.")}
+    sizes: dict[str, int] = {}
+    for name, w in projections.items():
+        sizes[projection_node(name)] = sizes.get(projection_node(name), 0) + w.shape[0] * w.shape[1]
+    errors = activation_errors(model, windows, {n: w.block_size for n, w in projections.items()})
+    return exact_nodes(errors, sizes)
+
+
 def quantize_source(source: Any, config: QuantConfig, tokenizer: Tokenizer) -> QuantizedSource:
     """Stage 1b of export: `source`'s projections, embedding and output layer quantized as `config` says."""
     formats, pinned = planned_formats(source, config)
@@ -178,6 +194,7 @@ def quantize_source(source: Any, config: QuantConfig, tokenizer: Tokenizer) -> Q
         write_fake_quantized(model, quantized)
         tuned, tuned_norms = tune_scales(teacher, model, quantized, windows, config.tune_steps)
         quantized.update(tuned)
+    fast_exact = _fast_exact_nodes(model, windows, quantized, tuned_norms) if config.data_aware else []
     projections = [n for n in formats if n.startswith("layers.")]
     uniform = {formats[n] for n in projections}
     fmt = next(iter(uniform)) if len(uniform) == 1 else None
@@ -186,7 +203,7 @@ def quantize_source(source: Any, config: QuantConfig, tokenizer: Tokenizer) -> Q
     recipe = Recipe(method=config.method, bits=fmt.bits if fmt else None, group_size=fmt.group_size if fmt else None,
                     symmetric=fmt.symmetric if fmt else config.symmetric,
                     act_order=config.act_order and config.method == "gptq", calibration=calibration,
-                    tune_steps=config.tune_steps,
+                    tune_steps=config.tune_steps, fast_exact=fast_exact,
                     plan=plan or None, bits_per_weight=round(bits_per_weight(quantized, projections), 4),
                     bits_per_weight_all=round(bits_per_weight(quantized, list(formats)), 4))
     return QuantizedSource(source, quantized, recipe, tuned_norms)
