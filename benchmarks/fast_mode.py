@@ -66,8 +66,9 @@ def main() -> None:
         rows[name] = {"ppl": perplexity(model.logits, ids), "tokens_per_s": decode_rate(model)}
         print(f"[fast-mode] {name}: {rows[name]}", file=sys.stderr, flush=True)
     base = rows["exact"]["ppl"]
-    lines = [f"Fast mode per layer, SmolLM2-135M int4 g128 GPTQ, {THREADS} threads; exact nodes in fast mode: "
-             f"{', '.join(exact_nodes) or 'none'}", "",
+    title = (f"Fast mode per layer, SmolLM2-135M int4 g128 GPTQ, {THREADS} threads; exact nodes in fast mode: "
+             f"{', '.join(exact_nodes) or 'none'}")
+    lines = [title, "",
              f"{'mode':30s} {'perplexity':>10s} {'vs exact':>9s} {'tok/s':>7s}", "-" * 60]
     lines += [f"{name:30s} {r['ppl']:10.3f} {r['ppl'] / base - 1:+9.2%} {r['tokens_per_s']:7.1f}"
               for name, r in rows.items()]
