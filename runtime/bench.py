@@ -91,6 +91,15 @@ def decode_latencies(model: Model, ids: list[int], gen: GenerationConfig) -> tup
     return list(np.diff(stamps)), tokens
 
 
+def decode_rate(model: Model, prompt_tokens: int = 128, new_tokens: int = 64, rounds: int = 3) -> float:
+    """Median decode tokens/s over `rounds` (after one warm-up) of `new_tokens` after a prompt of the evaluation
+    text: the short speed column of the benchmarks' tables."""
+    ids = model.codec.encode(default_text())[:prompt_tokens]
+    gen = GenerationConfig(max_new_tokens=new_tokens, stop_token_ids=())
+    decode_latencies(model, ids, gen)
+    return _median_rate([decode_latencies(model, ids, gen)[0] for _ in range(rounds)])
+
+
 def _median_rate(per_round: list[list[float]]) -> float:
     """Tokens/s of the median round (by total time)."""
     lat = sorted(per_round, key=sum)[len(per_round) // 2]
