@@ -18,7 +18,7 @@ from edgekit.exporters.quantize.sequential import torch_module
 
 from edgekit.node_names import projection_node
 
-OUTLIER_RATIO = 2.0
+OUTLIER_RATIO = 1.0
 EXACT_SHARE = 0.2
 
 
