@@ -7,6 +7,9 @@ text, with the quantized weights, this measures for each projection the relative
 E = ‖(x − q8(x)) Wᵀ‖² / ‖x Wᵀ‖², per graph node (q, k, v and gate, up are fused into one node each).
 Nodes whose error exceeds OUTLIER_RATIO times the median stay exact in fast mode, worst first, as long as
 they hold at most EXACT_SHARE of the projection weights (exact nodes run the slower kernel).
+
+Measured on SmolLM2-135M int4 g128 GPTQ (benchmarks/fast_mode.py, perplexity vs exact mode): int8 everywhere
++1.28% at 241 tok/s; ratio 2 (7 nodes exact) +1.20% at 229; ratio 1 (27 nodes, mostly q/k/v) +0.90% at 224.
 """
 
 from __future__ import annotations
