@@ -43,8 +43,8 @@ def main() -> None:
 @click.option("--group-size", type=int, default=None, help="Weights per scale and offset along K [64].")
 @click.option("--symmetric", is_flag=True, help="Zero point in the middle of the code range, no per-group minimum.")
 @click.option("--method", default=None, help="rtn (round to nearest, default) or gptq (calibrated).")
-@click.option("--calib", default=None, help="Calibration text file for gptq, --tune-steps and --target-bpw [text the model generates "
-                   "itself].")
+@click.option("--calib", default=None,
+              help="Calibration text file for gptq, --tune-steps and --target-bpw [text the model writes itself].")
 @click.option("--act-order/--no-act-order", default=None,
               help="gptq: quantize columns by decreasing input energy [on].")
 @click.option("--plan", default=None, help="YAML file of per-layer formats (layer-name globs; see docs/cli.md).")
