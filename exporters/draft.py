@@ -68,6 +68,7 @@ class LayerSubset:
         c = source.config  # type: ignore[attr-defined]
         widths = None if c.layer_intermediate_sizes is None else tuple(c.layer_intermediate_sizes[i] for i in layers)
         self.config = replace(c, num_layers=len(layers), layer_intermediate_sizes=widths)
+        self.arch = type(source.arch)(self.config)  # type: ignore[attr-defined]
 
     def _inner_name(self, name: str) -> str:
         if name.startswith("layers."):

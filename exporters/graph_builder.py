@@ -1,4 +1,4 @@
-"""Build the decoder's ONNX graph directly from weights (no tracing).
+"""Graph primitives for decoders built directly from weights (no tracing); architectures compose them.
 
 Writing the graph by hand, as onnxruntime-genai's model builder does, lets every layer use
 ONNX Runtime's fused kernels (GroupQueryAttention with rotary and an in-place KV buffer,
@@ -14,12 +14,9 @@ float32 [1, S - logits_from, vocab] and `present.{i}.key|value` (the same buffer
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import onnx
-from edgekit.exporters.rope import rope_cos_sin
-from edgekit.exporters.weights import Weight, WeightSource
+from edgekit.exporters.weights import Weight
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.formats import BlockQuantWeight, pack_codes
@@ -59,7 +56,7 @@ class GraphBuilder:
         self._names: set[str] = set()
 
     # -- primitives ---------------------------------------------------------------------------
-    def _initializer(self, name: str, array: np.ndarray) -> str:
+    def initializer(self, name: str, array: np.ndarray) -> str:
         if name in self._names:
             return name
         self._names.add(name)
@@ -71,9 +68,9 @@ class GraphBuilder:
 
     def _block_inputs(self, name: str, w: BlockQuantWeight) -> list[str]:
         return [
-            self._initializer(f"{name}.qweight", pack_codes(w.codes, w.bits, w.block_size)),
-            self._initializer(f"{name}.scales", _fp16_if_exact(w.scales)),
-            self._initializer(f"{name}.offsets", _fp16_if_exact(w.offsets)),
+            self.initializer(f"{name}.qweight", pack_codes(w.codes, w.bits, w.block_size)),
+            self.initializer(f"{name}.scales", _fp16_if_exact(w.scales)),
+            self.initializer(f"{name}.offsets", _fp16_if_exact(w.offsets)),
         ]
 
     def linear(self, x: str, name: str, w: Weight, out: str) -> str:
@@ -88,7 +85,7 @@ class GraphBuilder:
                                 K=k, N=n, block_size=w.block_size)
             self.nodes.append(node)
         else:
-            self._node("MatMul", [x, self._initializer(f"{name}.weight_t", w.T.astype(np.float32))], [out])
+            self._node("MatMul", [x, self.initializer(f"{name}.weight_t", w.T.astype(np.float32))], [out])
         return out
 
     # -- model parts ----------------------------------------------------------------------------
@@ -99,7 +96,7 @@ class GraphBuilder:
             self.nodes.append(op.make_node([*self._block_inputs("embed", w), ids], [out], "embed.gather",
                                            K=w.shape[1], block_size=w.block_size))
         else:
-            self._node("Gather", [self._initializer("embed.weight", w.astype(np.float32)), ids], [out], axis=0)
+            self._node("Gather", [self.initializer("embed.weight", w.astype(np.float32)), ids], [out], axis=0)
         return out
 
     def tied_lm_head(self, w: Weight, x: str, out: str) -> str:
@@ -108,117 +105,99 @@ class GraphBuilder:
             return self.linear(x, "embed", w, out)
         # Gemm with transB reads the [V, H] table in place; MatMul would need a transposed copy.
         h = self.config.hidden_size
-        self._node("Reshape", [x, self._initializer("shape_2d", np.array([-1, h], np.int64))], [f"{out}_2d_in"])
+        self._node("Reshape", [x, self.initializer("shape_2d", np.array([-1, h], np.int64))], [f"{out}_2d_in"])
         self._node("Gemm", [f"{out}_2d_in", "embed.weight"], [f"{out}_2d"], transB=1)
-        self._node("Reshape", [f"{out}_2d", self._initializer("shape_logits", np.array([1, -1, w.shape[0]], np.int64))],
+        self._node("Reshape", [f"{out}_2d", self.initializer("shape_logits", np.array([1, -1, w.shape[0]], np.int64))],
                    [out])
         return out
 
     def rms_norm(self, x: str, w: np.ndarray, name: str, out: str) -> str:
-        self._node("SimplifiedLayerNormalization", [x, self._initializer(name, w.astype(np.float32))], [out],
+        self._node("SimplifiedLayerNormalization", [x, self.initializer(name, w.astype(np.float32))], [out],
                    axis=-1, epsilon=self.config.rms_norm_eps)
         return out
 
     def skip_rms_norm(self, x: str, skip: str, w: np.ndarray, name: str, out: str, residual_out: str) -> None:
-        self._node("SkipSimplifiedLayerNormalization", [x, skip, self._initializer(name, w.astype(np.float32))],
+        self._node("SkipSimplifiedLayerNormalization", [x, skip, self.initializer(name, w.astype(np.float32))],
                    [out, "", "", residual_out], domain=MS_DOMAIN, epsilon=self.config.rms_norm_eps)
 
-    def attention(self, i: int, x: str, weights: WeightSource, out: str) -> str:
+    def add_rms_norm(self, x: str, residual: str | None, w: np.ndarray, name: str) -> tuple[str, str]:
+        """(norm(x + residual), x + residual): the pre-norm step of a decoder block, fused into one kernel; with
+        no residual yet (the first block) the sum is x itself."""
+        out = f"{name}.out"
+        if residual is None:
+            return self.rms_norm(x, w, name, out), x
+        self.skip_rms_norm(x, residual, w, name, out, f"{name}.residual")
+        return out, f"{name}.residual"
+
+    def head_rms_norm(self, x: str, w: np.ndarray, head_dim: int, name: str) -> str:
+        """RMSNorm over each head's `head_dim` values of x [1, S, heads * head_dim] (QK-norm)."""
+        heads = self.initializer(f"shape_heads_{head_dim}", np.array([0, 0, -1, head_dim], np.int64))
+        flat = self.initializer("shape_flat_heads", np.array([0, 0, -1], np.int64))
+        self._node("Reshape", [x, heads], [f"{name}.heads"])
+        self.rms_norm(f"{name}.heads", w, name, f"{name}.normed")
+        self._node("Reshape", [f"{name}.normed", flat], [f"{name}.out"])
+        return f"{name}.out"
+
+    def split(self, x: str, sizes: list[int], outs: list[str]) -> list[str]:
+        """x split along its last axis."""
+        split = self.initializer("split_" + "_".join(map(str, sizes)), np.array(sizes, np.int64))
+        self._node("Split", [x, split], outs, axis=-1)
+        return outs
+
+    def binary(self, op: str, a: str, b: str, out: str) -> str:
+        self._node(op, [a, b], [out])
+        return out
+
+    def scale(self, x: str, factor: float, out: str) -> str:
+        """x · factor, the factor a float32 constant (as transformers multiplies in float32)."""
+        c = self.initializer(f"const_{np.float32(factor).view(np.uint32):08x}", np.array(factor, np.float32))
+        return self.binary("Mul", x, c, out)
+
+    def activation(self, kind: str, x: str, out: str) -> str:
+        """silu (x·sigmoid(x)) or gelu_tanh (GELU with the tanh approximation, ONNX Gelu-20)."""
+        if kind == "silu":
+            self._node("Sigmoid", [x], [f"{out}.sig"])
+            return self.binary("Mul", x, f"{out}.sig", out)
+        if kind == "gelu_tanh":
+            self._node("Gelu", [x], [out], approximate="tanh")
+            return out
+        raise ValueError(f"unknown activation {kind!r}")
+
+    def softcap(self, x: str, cap: float, out: str) -> str:
+        """cap · tanh(x / cap) (Gemma's logit soft-capping)."""
+        self.scale(x, 1.0 / cap, f"{out}.scaled")
+        self._node("Tanh", [f"{out}.scaled"], [f"{out}.tanh"])
+        return self.scale(f"{out}.tanh", cap, out)
+
+    def rope_tables(self, name: str, cos: np.ndarray, sin: np.ndarray) -> tuple[str, str]:
+        return self.initializer(f"{name}.cos", cos), self.initializer(f"{name}.sin", sin)
+
+    def group_query_attention(self, i: int, qkv: list[str], rope: tuple[str, str], out: str, *,
+                              window: int | None, scale: float | None) -> str:
+        """com.microsoft.GroupQueryAttention over layer i's cache buffers, rotary applied inside; `qkv` is one
+        packed projection (then k and v are "") or three."""
         c = self.config
-        p = f"layers.{i}"
-        q, k, v = (weights.get(f"{p}.{n}") for n in "qkv")
-        fusable = all(isinstance(t, np.ndarray) for t in (q, k, v)) or (
-            all(isinstance(t, BlockQuantWeight) for t in (q, k, v))
-            and len({(t.bits, t.block_size) for t in (q, k, v)}) == 1  # type: ignore[union-attr]
-        )
-        biases = [f"{p}.{n}_bias" for n in "qkv"]
-        has_bias = all(weights.has(b) for b in biases)
-        if fusable:
-            qkv_w = (np.concatenate([q, k, v]) if isinstance(q, np.ndarray)
-                     else BlockQuantWeight.concat_rows([q, k, v]))  # type: ignore[list-item]
-            proj = [self.linear(x, f"{p}.qkv", qkv_w, f"{p}.qkv_out")]
-            if has_bias:
-                bias = np.concatenate([weights.get(b) for b in biases]).astype(np.float32)  # type: ignore[misc]
-                self._node("Add", [proj[0], self._initializer(f"{p}.qkv_bias", bias)], [f"{p}.qkv_biased"])
-                proj = [f"{p}.qkv_biased"]
-            proj += ["", ""]
-        else:
-            proj = []
-            for name, w, b in zip("qkv", (q, k, v), biases):
-                y = self.linear(x, f"{p}.{name}", w, f"{p}.{name}_out")
-                if has_bias:
-                    self._node("Add", [y, self._initializer(b, weights.get(b).astype(np.float32))], [f"{y}_b"])  # type: ignore[union-attr]
-                    y = f"{y}_b"
-                proj.append(y)
-        self._node(
-            "GroupQueryAttention",
-            [*proj, f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k", "total_sequence_length",
-             "cos_cache", "sin_cache"],
-            [f"{p}.attn", f"present.{i}.key", f"present.{i}.value"],
-            domain=MS_DOMAIN,
-            num_heads=c.num_heads,
-            kv_num_heads=c.num_kv_heads,
-            do_rotary=1,
-            rotary_interleaved=0,
-            local_window_size=c.sliding_window or -1,
-        )
-        return self.linear(f"{p}.attn", f"{p}.o", weights.get(f"{p}.o"), out)
+        attrs: dict[str, object] = {"num_heads": c.num_heads, "kv_num_heads": c.num_kv_heads, "do_rotary": 1,
+                                    "rotary_interleaved": 0, "local_window_size": window or -1}
+        if scale is not None:
+            attrs["scale"] = float(scale)
+        self._node("GroupQueryAttention",
+                   [*qkv, f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
+                    "total_sequence_length", *rope],
+                   [out, f"present.{i}.key", f"present.{i}.value"], domain=MS_DOMAIN, **attrs)
+        return out
 
-    def mlp(self, i: int, x: str, weights: WeightSource, out: str) -> str:
-        p = f"layers.{i}"
-        gate, up = weights.get(f"{p}.gate"), weights.get(f"{p}.up")
-        width = gate.shape[0]
-        if isinstance(gate, BlockQuantWeight) and isinstance(up, BlockQuantWeight) and \
-                (gate.bits, gate.block_size) == (up.bits, up.block_size):
-            fused: Weight | None = BlockQuantWeight.concat_rows([gate, up])
-        elif isinstance(gate, np.ndarray) and isinstance(up, np.ndarray):
-            fused = np.concatenate([gate, up])
-        else:
-            fused = None
-        if fused is not None:
-            self.linear(x, f"{p}.gate_up", fused, f"{p}.gate_up_out")
-            split = self._initializer(f"split_{width}", np.array([width, width], np.int64))
-            self._node("Split", [f"{p}.gate_up_out", split], [f"{p}.gate_out", f"{p}.up_out"], axis=-1)
-        else:
-            self.linear(x, f"{p}.gate", gate, f"{p}.gate_out")
-            self.linear(x, f"{p}.up", up, f"{p}.up_out")
-        self._node("Sigmoid", [f"{p}.gate_out"], [f"{p}.gate_sig"])
-        self._node("Mul", [f"{p}.gate_out", f"{p}.gate_sig"], [f"{p}.gate_act"])
-        self._node("Mul", [f"{p}.gate_act", f"{p}.up_out"], [f"{p}.act"])
-        return self.linear(f"{p}.act", f"{p}.down", weights.get(f"{p}.down"), out)
+    def logits(self, hidden: str, head: Weight, separate: bool, out: str) -> str:
+        """The output layer over the positions from `logits_from` on: a `separate` lm_head, or the tied embedding
+        (reading the embedding's own initializers)."""
+        self._node("Slice", [hidden, "logits_from", self.initializer("slice_end", np.array([2**62], np.int64)),
+                             self.initializer("axis_seq", np.array([1], np.int64))], ["kept_hidden"])
+        if separate:
+            return self.linear("kept_hidden", "lm_head", head, out)
+        return self.tied_lm_head(head, "kept_hidden", out)
 
-    # -- whole model ------------------------------------------------------------------------------
-    def build(self, weights: WeightSource, rope_len: int, layer_progress: Iterable[int] | None = None) -> onnx.ModelProto:
-        c = self.config
-        cos, sin = rope_cos_sin(c, rope_len)
-        self._initializer("cos_cache", cos)
-        self._initializer("sin_cache", sin)
-        embed = weights.get("embed")
-        self.embedding(embed, "input_ids", "embeddings")
-        hidden, residual = "embeddings", "embeddings"
-        for i in layer_progress if layer_progress is not None else range(c.num_layers):
-            p = f"layers.{i}"
-            if i == 0:
-                x = self.rms_norm(hidden, weights.get(f"{p}.attn_norm"), f"{p}.attn_norm", f"{p}.attn_in")  # type: ignore[arg-type]
-                residual_in = hidden
-            else:
-                x, residual_in = f"{p}.attn_in", f"{p}.residual_attn"
-                self.skip_rms_norm(hidden, residual, weights.get(f"{p}.attn_norm"), f"{p}.attn_norm", x, residual_in)  # type: ignore[arg-type]
-            attn = self.attention(i, x, weights, f"{p}.attn_out")
-            self.skip_rms_norm(attn, residual_in, weights.get(f"{p}.mlp_norm"), f"{p}.mlp_norm", f"{p}.mlp_in",  # type: ignore[arg-type]
-                               f"{p}.residual_mlp")
-            hidden = self.mlp(i, f"{p}.mlp_in", weights, f"{p}.mlp_out")
-            residual = f"{p}.residual_mlp"
-        self.skip_rms_norm(hidden, residual, weights.get("norm"), "norm", "final_hidden", "final_residual")  # type: ignore[arg-type]
-        self._node("Slice", ["final_hidden", "logits_from", self._initializer("slice_end", np.array([2**62], np.int64)),
-                             self._initializer("axis_seq", np.array([1], np.int64))], ["kept_hidden"])
-        if weights.has("lm_head"):
-            self.linear("kept_hidden", "lm_head", weights.get("lm_head"), "logits")
-        else:
-            self.tied_lm_head(embed, "kept_hidden", "logits")
-        return self._model()
-
-    def _model(self) -> onnx.ModelProto:
+    def model(self) -> onnx.ModelProto:
+        """The graph with the causal-LM contract's inputs and outputs (module docstring)."""
         c = self.config
         f32, i64, i32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
         cache_shape = [1, c.num_kv_heads, "max_length", c.head_dim]

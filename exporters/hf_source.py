@@ -6,35 +6,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from edgekit.exporters.arch import Metadata, architecture_class
 from edgekit.exporters.gguf_tokenizer import END_TOKENS
 from edgekit.exporters.weights import Weight
 from tokenizers import Tokenizer
 
 from edgekit.errors import EdgekitError
-from edgekit.model_config import SUPPORTED_ARCHITECTURES, ModelConfig
-
-_LAYER_TENSORS = {
-    "self_attn.q_proj.weight": "q", "self_attn.k_proj.weight": "k", "self_attn.v_proj.weight": "v",
-    "self_attn.o_proj.weight": "o", "mlp.gate_proj.weight": "gate", "mlp.up_proj.weight": "up",
-    "mlp.down_proj.weight": "down", "input_layernorm.weight": "attn_norm",
-    "post_attention_layernorm.weight": "mlp_norm", "self_attn.q_proj.bias": "q_bias",
-    "self_attn.k_proj.bias": "k_bias", "self_attn.v_proj.bias": "v_bias",
-}
-_GLOBAL_TENSORS = {"model.embed_tokens.weight": "embed", "lm_head.weight": "lm_head", "model.norm.weight": "norm"}
-
-
-def canonical_name(hf_name: str) -> str | None:
-    if hf_name in _GLOBAL_TENSORS:
-        return _GLOBAL_TENSORS[hf_name]
-    parts = hf_name.split(".", 3)
-    if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[3] in _LAYER_TENSORS:
-        return f"layers.{parts[2]}.{_LAYER_TENSORS[parts[3]]}"
-    return None
 
 
 class HFSource:
-    """A checked Hugging Face folder. Weights load as float32 numpy arrays under canonical names."""
+    """A checked Hugging Face folder. Config and tensor shapes are checked before any weight is read; weights
+    load lazily, as float32 numpy arrays under canonical names."""
 
     kind = "hf"
 
@@ -43,74 +25,83 @@ class HFSource:
         cfg_path = self.path / "config.json"
         if not cfg_path.is_file():
             raise EdgekitError("not a Hugging Face model folder: config.json is missing", self.path)
-        self.hf_config: dict[str, Any] = json.loads(cfg_path.read_text())
-        self.weights = self._load_weights()
-        self.config = self._config()
+        try:
+            self.hf_config: dict[str, Any] = json.loads(cfg_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise EdgekitError(f"config.json is not valid JSON ({exc})", cfg_path) from exc
+        if not isinstance(self.hf_config, dict):
+            raise EdgekitError("config.json is not a JSON object", cfg_path)
+        self.arch_class = architecture_class(self.hf_config.get("model_type"), cfg_path)
+        if self.hf_config.get("mlp_bias"):
+            raise EdgekitError("unsupported: MLP biases (mlp_bias=true)", cfg_path)
+        meta = Metadata(self.hf_config, cfg_path)
+        self._n_layers = meta.require("num_hidden_layers")
+        self._tensors = self._index_tensors()
+        shapes = {name: shape for name, (_, _, shape) in self._tensors.items()}
+        self.config = self.arch_class.config_from_hf(meta, shapes)
+        if self.config.tie_word_embeddings:
+            self._tensors.pop("lm_head", None)
+            shapes.pop("lm_head", None)
+        self.arch = self.arch_class(self.config)
+        self.arch.check_shapes(shapes, self.path)
 
-    def _load_weights(self) -> dict[str, np.ndarray]:
+    def _index_tensors(self) -> dict[str, tuple[Path, str, tuple[int, ...]]]:
+        """canonical name -> (file, checkpoint name, shape), from the safetensors headers (no weight read)."""
         files = sorted(self.path.glob("*.safetensors"))
-        raw: dict[str, np.ndarray] = {}
+        out: dict[str, tuple[Path, str, tuple[int, ...]]] = {}
         if files:
             from safetensors import safe_open
 
             for f in files:
-                # framework="pt": numpy has no bfloat16, torch converts it exactly to float32.
-                with safe_open(str(f), framework="pt") as st:
-                    for k in st.keys():
-                        raw[k] = st.get_tensor(k).float().numpy()
+                try:
+                    with safe_open(str(f), framework="pt") as st:
+                        entries = [(k, tuple(st.get_slice(k).get_shape())) for k in st.keys()]  # noqa: SIM118 (safe_open has no __iter__)
+                except Exception as exc:  # safetensors raises its own error types on damaged headers
+                    raise EdgekitError(f"corrupt safetensors file ({exc})", f) from exc
+                for key, shape in entries:
+                    name = self.arch_class.canonical_from_hf(key, self._n_layers)
+                    if name is not None:
+                        out[name] = (f, key, shape)
         elif (self.path / "pytorch_model.bin").is_file():
-            import torch
-
-            state = torch.load(self.path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-            raw = {k: v.float().numpy() for k, v in state.items()}
+            self._state = self._torch_state(self.path / "pytorch_model.bin")
+            for key, value in self._state.items():
+                name = self.arch_class.canonical_from_hf(key, self._n_layers)
+                if name is not None:
+                    out[name] = (self.path / "pytorch_model.bin", key, tuple(value.shape))
         else:
             raise EdgekitError("no weights: expected *.safetensors or pytorch_model.bin", self.path)
-        out = {}
-        for k, v in raw.items():
-            name = canonical_name(k)
-            if name is not None:
-                out[name] = v
         return out
 
-    def _config(self) -> ModelConfig:
-        c = self.hf_config
-        arch = c.get("model_type")
-        if arch not in SUPPORTED_ARCHITECTURES:
-            raise EdgekitError(f"unsupported architecture {arch!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})",
-                               self.path / "config.json")
-        if c.get("mlp_bias"):
-            raise EdgekitError("unsupported: MLP biases (mlp_bias=true)", self.path / "config.json")
-        heads = c["num_attention_heads"]
-        widths = tuple(self.weights[f"layers.{i}.gate"].shape[0] for i in range(c["num_hidden_layers"]))
-        tied = bool(c.get("tie_word_embeddings", False)) or "lm_head" not in self.weights
-        if tied:
-            self.weights.pop("lm_head", None)
-        return ModelConfig(
-            architecture=arch,
-            num_layers=c["num_hidden_layers"],
-            hidden_size=c["hidden_size"],
-            num_heads=heads,
-            num_kv_heads=c.get("num_key_value_heads") or heads,
-            head_dim=c.get("head_dim") or c["hidden_size"] // heads,
-            intermediate_size=c["intermediate_size"],
-            vocab_size=c["vocab_size"],
-            rope_theta=float(c.get("rope_theta", 10000.0)),
-            rms_norm_eps=float(c.get("rms_norm_eps", 1e-6)),
-            max_position_embeddings=c.get("max_position_embeddings", 2048),
-            tie_word_embeddings=tied,
-            attention_bias="layers.0.q_bias" in self.weights,
-            sliding_window=c.get("sliding_window") if c.get("use_sliding_window", arch == "mistral") else None,
-            rope_scaling=c.get("rope_scaling"),
-            layer_intermediate_sizes=None if len(set(widths)) == 1 else widths,
-        )
+    @staticmethod
+    def _torch_state(path: Path) -> dict[str, Any]:
+        import pickle
+
+        import torch
+
+        try:  # weights only: a checkpoint is untrusted input and a full pickle could run code
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+            raise EdgekitError(f"refused or damaged torch checkpoint ({str(exc).splitlines()[0]})", path) from exc
 
     def has(self, name: str) -> bool:
-        return name in self.weights
+        return name in self._tensors
 
     def get(self, name: str) -> Weight:
-        if name not in self.weights:
+        if name not in self._tensors:
             raise EdgekitError(f"missing tensor for {name}", self.path)
-        return self.weights[name]
+        file, key, _ = self._tensors[name]
+        if file.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            try:
+                # framework="pt": numpy has no bfloat16, torch converts it exactly to float32.
+                with safe_open(str(file), framework="pt") as st:
+                    w = st.get_tensor(key).float().numpy()
+            except Exception as exc:
+                raise EdgekitError(f"cannot read tensor {key} ({exc})", file) from exc
+        else:
+            w = self._state[key].float().numpy()
+        return self.arch.from_hf(name, w)
 
 
 def hf_tokenizer(path: Path) -> tuple[Tokenizer, dict[str, Any]]:

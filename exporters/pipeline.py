@@ -17,10 +17,9 @@ from typing import Any
 
 import onnx
 from edgekit.exporters.draft import check_same_tokenizer, layer_subset, measure_acceptance
-from edgekit.exporters.graph_builder import GraphBuilder
 from edgekit.exporters.quantize import QuantConfig, quantize_source
 from edgekit.exporters.sources import Source, open_source, source_tokenizer
-from edgekit.exporters.weights import LINEAR_NAMES, weight_format
+from edgekit.exporters.weights import RecordingSource
 from tokenizers import Tokenizer
 
 import edgekit
@@ -53,17 +52,10 @@ def build_graph(source: Source) -> BuiltGraph:
     """Stage 2: the ONNX decoder with the source's weights in their own formats (a quantized source's recipe
     says how they were quantized)."""
     c = source.config
-    builder = GraphBuilder(c)
-    model = builder.build(source, rope_len=c.max_position_embeddings,
-                          layer_progress=progress(range(c.num_layers), "building layers"))
-    formats = {"embed": weight_format(source.get("embed"))}
-    for i in range(c.num_layers):
-        for n in LINEAR_NAMES:
-            formats[f"layers.{i}.{n}"] = weight_format(source.get(f"layers.{i}.{n}"))
-    if source.has("lm_head"):
-        formats["lm_head"] = weight_format(source.get("lm_head"))
-    recipe = replace(getattr(source, "recipe", Recipe()), tensor_formats=formats)
-    return BuiltGraph(model, recipe, sorted(builder.edgekit_ops))
+    recording = RecordingSource(source)
+    model, ops = source.arch.build(recording, progress(range(c.num_layers), "building layers"))
+    recipe = replace(getattr(source, "recipe", Recipe()), tensor_formats=recording.formats)
+    return BuiltGraph(model, recipe, sorted(ops))
 
 
 @dataclass

@@ -27,3 +27,21 @@ class WeightSource(Protocol):
 def weight_format(w: Weight) -> str:
     """A short label for the manifest's recipe: `f32`, or the block format the weight came in."""
     return w.source_format if isinstance(w, BlockQuantWeight) else "f32"
+
+
+class RecordingSource:
+    """A source that notes the format of each matrix the graph reads (for the manifest's recipe), so export
+    decodes every tensor once."""
+
+    def __init__(self, inner: WeightSource):
+        self.inner = inner
+        self.formats: dict[str, str] = {}
+
+    def has(self, name: str) -> bool:
+        return self.inner.has(name)
+
+    def get(self, name: str) -> Weight:
+        w = self.inner.get(name)
+        if w.ndim == 2:
+            self.formats[name] = weight_format(w)
+        return w

@@ -9,7 +9,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.exporters.gguf_blocks import GGUF_BLOCK_TYPES
-from edgekit.exporters.gguf_source import GGUFSource, canonical_name, llama_row_order
+from edgekit.exporters.arch.llama import Llama, llama_row_order
+from edgekit.exporters.gguf_source import GGUFSource
 from edgekit.formats import BlockQuantWeight, pack_codes
 from edgekit.ops import GatherBlockQ4, GatherBlockQ8, MatMulBlockQ4, MatMulBlockQ8
 from edgekit.runtime.lowering import lower
@@ -121,7 +122,7 @@ def test_every_tensor_of_the_real_model_is_exact() -> None:
     cfg = src.config
     checked = 0
     for t in src.reader.tensors:
-        name = canonical_name(t.name)
+        name = Llama.canonical_from_gguf(t.name)
         expected = gguf.quants.dequantize(t.data, t.tensor_type)
         if name.endswith((".q", ".k")):  # the importer reorders q/k rows to Hugging Face's rope layout
             heads = cfg.num_heads if name.endswith(".q") else cfg.num_kv_heads

@@ -36,6 +36,8 @@ class BlockQuantWeight:
                 f"scales {self.scales.shape} / offsets {self.offsets.shape} do not match {expected} for codes {(n, k)}"
             )
 
+    ndim = 2
+
     @property
     def shape(self) -> tuple[int, int]:
         return self.codes.shape  # type: ignore[return-value]

@@ -39,6 +39,7 @@ class QuantizedSource:
         self.floats = floats or {}  # float tensors replaced by the export (tuned norm weights)
         self.recipe = recipe
         self.config = inner.config
+        self.arch = inner.arch
         self.path = inner.path
         self.kind = inner.kind
 
