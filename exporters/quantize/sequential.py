@@ -20,10 +20,6 @@ from edgekit.exporters.quantize.spec import WeightFormat
 from edgekit.formats import BlockQuantWeight
 from edgekit.progress import progress
 
-# Canonical projection names (exporters.weights.LINEAR_NAMES) -> module path inside a decoder layer.
-PROJECTIONS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
-               "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
-NORMS = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
 # Projections that read one input, quantized as one stacked matrix with one Hessian.
 SHARED_INPUT_GROUPS = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
 
@@ -87,16 +83,21 @@ def _set_weight(module: object, w: BlockQuantWeight | np.ndarray) -> None:
 
 
 def torch_module(model: object, name: str) -> object:
-    """The torch module holding canonical weight `name` (`embed`, `lm_head`, `norm`,
-    `layers.{i}.{q,...,down,attn_norm,mlp_norm}`)."""
-    if name == "embed":
-        return model.model.embed_tokens  # type: ignore[attr-defined]
-    if name == "lm_head":
-        return model.lm_head  # type: ignore[attr-defined]
-    if name == "norm":
-        return model.model.norm  # type: ignore[attr-defined]
-    _, i, part = name.split(".")
-    return model.model.layers[int(i)].get_submodule({**PROJECTIONS, **NORMS}[part])  # type: ignore[attr-defined]
+    """The torch module holding canonical weight `name` (`embed`, `lm_head`, `norm`, `layers.{i}.{kind}`), found
+    through the architecture's name table (exporters.arch)."""
+    modules = getattr(model, "_edgekit_modules", None)
+    if modules is None:
+        from edgekit.exporters.arch import ARCHITECTURES
+
+        arch = ARCHITECTURES[model.config.model_type]  # type: ignore[attr-defined]
+        n_layers = model.config.num_hidden_layers  # type: ignore[attr-defined]
+        modules = {}
+        for param, _ in model.named_parameters(remove_duplicate=False):  # type: ignore[attr-defined]
+            canonical = arch.canonical_from_hf(param, n_layers)
+            if canonical is not None:
+                modules[canonical] = model.get_submodule(param.rpartition(".")[0])  # type: ignore[attr-defined]
+        model._edgekit_modules = modules  # type: ignore[attr-defined]
+    return modules[name]
 
 
 def write_fake_quantized(model: object, weights: dict[str, BlockQuantWeight | np.ndarray]) -> None:
@@ -123,7 +124,8 @@ def gptq_model(model: object, windows: np.ndarray, formats: dict[str, WeightForm
         hidden, kwargs = first_layer_inputs(model, windows)
         for i in progress(range(len(layers)), "GPTQ layers", total=len(layers)):
             layer = layers[i]
-            modules = {name: layer.get_submodule(path) for name, path in PROJECTIONS.items()}
+            modules = {name: torch_module(model, f"layers.{i}.{name}") for group in SHARED_INPUT_GROUPS
+                       for name in group}
             hooks = {group: _InputHessian() for group in SHARED_INPUT_GROUPS}
             handles = [modules[group[0]].register_forward_hook(h) for group, h in hooks.items()]
             try:
