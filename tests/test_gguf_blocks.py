@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gguf
 import numpy as np
 import onnx
@@ -13,9 +15,10 @@ from edgekit.exporters.arch.llama import Llama, llama_row_order
 from edgekit.exporters.gguf_source import GGUFSource
 from edgekit.formats import BlockQuantWeight, pack_codes
 from edgekit.ops import GatherBlockQ4, GatherBlockQ8, MatMulBlockQ4, MatMulBlockQ8
-from edgekit.runtime.lowering import lower
+from edgekit.exporters.lowering import lower
+from edgekit.targets import TARGETS
 from factories import GGUF_NUMPY_QUANTIZERS, SMOLLM2_GGUF, encode_q6_k, random_gguf_blocks, random_gguf_stand_in
-from test_ops import _model, _run
+from test_ops import _model, _run, folded
 
 
 def _dequantize(raw: np.ndarray, name: str) -> np.ndarray:
@@ -84,7 +87,7 @@ def test_every_type_runs_through_body_and_lowering(name: str) -> None:
     ref = a @ w.dequantize().T
     np.testing.assert_allclose(_run(m, {"A": a}), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
     for fast, atol in ((False, 1e-5), (True, 0.03)):  # fast: int8 activations, close but not exact
-        lowered = lower(onnx.ModelProto.FromString(m.SerializeToString()), "CPUExecutionProvider", fast=fast)
+        lowered = lower(m, TARGETS["cpu"], fast=fast)
         assert not any(nd.domain == "edgekit" for nd in lowered.graph.node)
         np.testing.assert_allclose(_run(lowered, {"A": a}), ref, rtol=0, atol=atol * np.abs(ref).max())
 
@@ -97,10 +100,10 @@ def test_every_type_runs_through_body_and_lowering(name: str) -> None:
 
 
 @pytest.mark.parametrize("name,zero_point", [("Q3_K", 4), ("Q5_0", 16), ("Q6_K", 32)])
-def test_integer_offsets_lower_to_zero_points(name: str, zero_point: int) -> None:
+def test_integer_offsets_lower_to_zero_points(name: str, zero_point: int, tmp_path: Path) -> None:
     """Offsets of -z·scale become MatMulNBits zero points (no extra offset term; 8-bit ones in fast mode)."""
     w = _weight(name, 8, 256)
-    lowered = lower(_matmul_model(w), "CPUExecutionProvider", fast=True)
+    lowered = folded(lower(_matmul_model(w), TARGETS["cpu"], fast=True), tmp_path)
     (node,) = lowered.graph.node
     assert node.op_type == "MatMulNBits"
     zp = numpy_helper.to_array(next(t for t in lowered.graph.initializer if t.name == node.input[3]))
