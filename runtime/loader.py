@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
+from edgekit.ops.names import OP_NAMES
 from edgekit.package import Manifest, package_file, read_manifest, verify_files
 from edgekit.targets import target_for_provider
 
@@ -19,6 +20,9 @@ def load_manifest(folder: str | Path, verify: bool = True) -> Manifest:
     manifest = read_manifest(folder)
     if verify:
         verify_files(folder, manifest)
+    unknown = sorted(set(manifest.custom_ops) - OP_NAMES)
+    if unknown:
+        raise EdgekitError(f"unknown edgekit op(s) {unknown}: this package needs a newer edgekit", folder)
     return manifest
 
 

@@ -132,6 +132,13 @@ def test_gather_reference_and_body_agree(op: type, k: int) -> None:
     np.testing.assert_array_equal(_run(m, {"ids": ids}), ref)
 
 
+def test_op_names_known_to_the_runtime_are_the_registry() -> None:
+    from edgekit.ops import OPS
+    from edgekit.ops.names import OP_NAMES
+
+    assert set(OPS) == OP_NAMES
+
+
 def test_unknown_op_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown edgekit op"):
         function_protos({"MatMulBlockQ5"})
