@@ -60,7 +60,7 @@ class GraphBuilder:
         if name in self._names:
             return name
         self._names.add(name)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.initializers.append(numpy_helper.from_array(np.require(array, requirements="C"), name))
         return name
 
     def _node(self, op: str, inputs: list[str], outputs: list[str], domain: str = "", **attrs: object) -> None:
@@ -169,8 +169,20 @@ class GraphBuilder:
         self._node("Tanh", [f"{out}.scaled"], [f"{out}.tanh"])
         return self.scale(f"{out}.tanh", cap, out)
 
-    def rope_tables(self, name: str, cos: np.ndarray, sin: np.ndarray) -> tuple[str, str]:
-        return self.initializer(f"{name}.cos", cos), self.initializer(f"{name}.sin", sin)
+    def rope_tables(self, name: str, inv_freq: np.ndarray, length: int) -> tuple[str, str]:
+        """cos and sin [length, head_dim / 2] of position · inv_freq, computed in the graph (onnxruntime folds them
+        once at session creation) rather than stored: 2 MB less on disk at 8192 positions. The angles are the
+        same float32 products transformers computes."""
+        self._node("Range", [self.initializer("f32_0", np.array(0, np.float32)),
+                             self.initializer(f"f32_{length}", np.array(length, np.float32)),
+                             self.initializer("f32_1", np.array(1, np.float32))], [f"{name}.positions"])
+        self._node("Unsqueeze", [f"{name}.positions", self.initializer("axes_1", np.array([1], np.int64))],
+                   [f"{name}.column"])
+        self._node("Mul", [f"{name}.column", self.initializer(f"{name}.inv_freq", inv_freq[None].astype(np.float32))],
+                   [f"{name}.angles"])
+        self._node("Cos", [f"{name}.angles"], [f"{name}.cos"])
+        self._node("Sin", [f"{name}.angles"], [f"{name}.sin"])
+        return f"{name}.cos", f"{name}.sin"
 
     def group_query_attention(self, i: int, qkv: list[str], rope: tuple[str, str], out: str, *,
                               window: int | None, scale: float | None) -> str:

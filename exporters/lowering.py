@@ -81,7 +81,7 @@ class _Lowering:
     def const(self, name: str, a: np.ndarray) -> str:
         if name not in self.derived:
             self.derived.add(name)
-            self.new_inits.append(numpy_helper.from_array(np.ascontiguousarray(a), name))
+            self.new_inits.append(numpy_helper.from_array(np.require(a, requirements="C"), name))
         return name
 
     def emit(self, op: str, inputs: list[str], outputs: list[str], domain: str = "", **attrs: object) -> str:
