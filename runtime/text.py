@@ -221,6 +221,12 @@ def _template_sandbox(max_chars: int) -> jinja2.sandbox.ImmutableSandboxedEnviro
                 check_arguments((value.__self__,), {})
             return super().wrap_str_format(value)
 
+        def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
+            # jinja2 returns an Undefined that fails only when used, so `{{ f.__globals__ }}` prints nothing;
+            # a template that reaches for such an attribute is refused at once instead.
+            raise jinja2.sandbox.SecurityError(
+                f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
+
         def join_checked(self, parts: tuple) -> str:
             text = "".join(map(str, parts))
             if len(text) > max_chars:
