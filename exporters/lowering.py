@@ -63,6 +63,7 @@ class _Lowering:
         self.fast = fast
         self.exact_nodes = exact_nodes
         self.inits = {t.name: t for t in self.graph.initializer}
+        self.producers = {o: n for n in self.graph.node for o in n.output}
         self.new_nodes: list[onnx.NodeProto] = []
         self.new_inits: list[onnx.TensorProto] = []
         self.derived: set[str] = set()
@@ -90,8 +91,9 @@ class _Lowering:
         return outputs[0]
 
     def once(self, name: str, build: callable) -> str:  # type: ignore[valid-type]
-        """`name`, computed by build(name) the first time it is asked for (shared subgraphs and inputs)."""
-        if name not in self.derived:
+        """`name`, computed by build(name) the first time it is asked for (shared subgraphs and inputs), unless the
+        graph already computes it."""
+        if name not in self.derived and name not in self.producers:
             self.derived.add(name)
             build(name)
         return name
@@ -189,18 +191,29 @@ class _Lowering:
         return self.once(f"{packed}.split4", build)
 
     # -- ops ----------------------------------------------------------------------------------------------------
-    def node_weight(self, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, int]:
-        """float32 scales and offsets, block size, K, N and number of blocks of a MatMulBlock node."""
-        attrs = {at.name: at.i for at in node.attribute}
-        scales = self.array(node.input[2]).astype(np.float32)
-        return (scales, self.array(node.input[3]).astype(np.float32), attrs["block_size"], attrs["K"], attrs["N"],
-                scales.shape[1])
+    def zero_points_of(self, node: onnx.NodeProto, scales: np.ndarray, bits: int) -> np.ndarray | None:
+        """Integer zero points z [N, nb] of a MatMulBlock node's weight, or None when its offsets are free.
+
+        A format with a uniform zero point has its offsets computed as scales · (-z) in the graph (GraphBuilder):
+        z is read from that node. Stored offsets are checked for per-block integer zero points (edgekit's
+        asymmetric grids), once, here at export."""
+        offsets = node.input[3]
+        if offsets in self.inits:
+            return integer_zero_points(scales, self.array(offsets).astype(np.float32), bits)
+        mul = self.producers.get(offsets)
+        factor = next((self.array(i) for i in (mul.input if mul is not None else []) if i in self.inits), None)
+        if mul is None or mul.op_type != "Mul" or factor is None or factor.size != 1:
+            raise EdgekitError(f"node {node.name}: offsets {offsets} are neither stored nor -z·scale")
+        return np.full(scales.shape, -float(factor), np.float32).astype(np.uint8)
 
     def matmul_block(self, node: onnx.NodeProto, bits: int) -> None:
         a, packed, scales_name, offsets_name = node.input
         out = node.output[0]
-        scales, offsets, block, k, n, nb = self.node_weight(node)
-        z = integer_zero_points(scales, offsets, bits)
+        attrs = {at.name: at.i for at in node.attribute}
+        block, k, n = attrs["block_size"], attrs["K"], attrs["N"]
+        scales = self.array(scales_name).astype(np.float32)
+        nb = scales.shape[1]
+        z = self.zero_points_of(node, scales, bits)
         free_offsets = None if z is not None else offsets_name
         shape = tuple(self.inits[packed].dims)
         fast_native = self.int8_activations(node) and (bits == 2 or (bits == 8 and z is not None))
@@ -211,9 +224,9 @@ class _Lowering:
             self.matmul_nbits(a, out, self.four_bit_codes(packed, bits, shape), self.float32(scales_name), z,
                               free_offsets, n, nb, 4, block, k, self.level(node))
         else:
-            self.matmul_split8(node, scales, z, nb, block, k, n, shape)
+            self.matmul_split8(node, z, nb, block, k, n, shape)
 
-    def matmul_split8(self, node: onnx.NodeProto, scales: np.ndarray, z: np.ndarray | None, nb: int, block: int,
+    def matmul_split8(self, node: onnx.NodeProto, z: np.ndarray | None, nb: int, block: int,
                       k: int, n: int, shape: tuple[int, ...]) -> None:
         """Exact 8-bit: each code u = 16·h + l, and the 4-bit kernel runs over [a, a] (K doubled) with scales
         [16·s, s] (exact in float32) and zero points [z >> 4, z & 15]; a free offset stays one block-offset term
