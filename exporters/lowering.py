@@ -57,10 +57,11 @@ def integer_zero_points(scales: np.ndarray, offsets: np.ndarray, bits: int) -> n
 class _Lowering:
     """One pass over a portable graph, producing the target's graph (the input model is not modified)."""
 
-    def __init__(self, model: onnx.ModelProto, fast: bool, exact_nodes: frozenset[str]):
+    def __init__(self, model: onnx.ModelProto, target: Target, fast: bool, exact_nodes: frozenset[str]):
         self.model = onnx.ModelProto()
         self.model.CopyFrom(model)
         self.graph = self.model.graph
+        self.target = target
         self.fast = fast
         self.exact_nodes = exact_nodes
         self.inits = {t.name: t for t in self.graph.initializer}
@@ -205,7 +206,8 @@ class _Lowering:
         z = self.zero_points_of(node, scales, bits)
         free_offsets = None if z is not None else offsets_name
         shape = tuple(self.inits[packed].dims)
-        fast_native = self.int8_activations(node) and bits in (2, 8)  # int8 activations: native 2- and 8-bit kernels
+        # int8 activations: the native 2- and 8-bit kernels where the target has them
+        fast_native = self.int8_activations(node) and bits in self.target.native_bits - {4}
         if bits == 4 or fast_native:
             self.matmul_nbits(a, out, packed, self.float32(scales_name), z, free_offsets, n, nb, bits, block, k,
                               self.level(node))
@@ -284,12 +286,13 @@ def lower(model: onnx.ModelProto, target: Target, fast: bool = False,
           exact_nodes: frozenset[str] = frozenset()) -> onnx.ModelProto:
     """`model` (a portable graph) lowered for `target`: a new model; the portable graph itself for targets with no
     native kernels. `fast`: the target's int8-activation variant; `exact_nodes` stay exact in it."""
-    if "MatMulNBits" not in target.native_ops:
-        if fast:
-            raise EdgekitError(f"target {target.name} has no fast variant")
+    if fast and not target.fast_variant:
+        raise EdgekitError(f"target {target.name} has no fast variant")
+    if target.provider is None:
         return model
-    bits = {OPS[n.op_type].bits for n in model.graph.node if n.domain == DOMAIN and n.op_type in OPS}  # type: ignore[attr-defined]
-    unsupported = bits - {2, 3, 4, 8}
-    if unsupported:
-        raise EdgekitError(f"target {target.name} cannot lower {sorted(unsupported)}-bit weights")
-    return _Lowering(model, fast, exact_nodes).run()
+    for node in model.graph.node:
+        if node.domain == DOMAIN and node.op_type not in target.lowers:
+            raise EdgekitError(f"target {target.name} cannot lower {node.op_type} (node {node.name}); it lowers "
+                               f"{', '.join(sorted(target.lowers))}: export with --target portable, or quantize to a "
+                               "format these ops carry (--weights)")
+    return _Lowering(model, target, fast, exact_nodes).run()
