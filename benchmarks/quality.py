@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +131,8 @@ def float_projection_contents() -> PackageContents:
     weights = {n: float_weight(source, n) for n in tensor_names(source) if n.startswith("layers.")}
     weights["embed"] = quantize_rtn(float_weight(source, "embed"), embedding_format(GridFormat(4, GROUP)))
     floats = QuantizedSource(source, weights, Recipe(method="float projections"))  # type: ignore[arg-type]
-    return PackageContents(floats, build_graph(floats), contents.tokenizer, contents.tok_info, str(GGUF))
+    return PackageContents(floats, build_graph(floats), contents.tokenizer, contents.tok_info, str(GGUF),
+                           contents.targets)
 
 
 def matmulnbits_bpw(model: onnx.ModelProto) -> float:
@@ -192,7 +193,7 @@ def ort_package(name: str, algo: str, group: int, calibration: np.ndarray | None
     quantizer.process()
     quantized = quantizer.model.model
     out = WORK / name
-    write_package(contents, out)
+    write_package(replace(contents, targets=()), out)  # the portable graph only: ORT's graph replaces it
     onnx.save_model(quantized, str(out / GRAPH_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=WEIGHTS_FILE, size_threshold=1024)
     return out, matmulnbits_bpw(quantized)

@@ -94,13 +94,15 @@ class PackageContents:
     targets: tuple[Target, ...]
 
 
-def prepare(src: str, quant: QuantConfig | None = None, targets: tuple[Target, ...] = ()) -> PackageContents:
-    """Stages 1 and 2 for SRC: open and check the source, quantize it if `quant` says so, build its graph."""
+def prepare(src: str, quant: QuantConfig | None = None, targets: tuple[str, ...] = DEFAULT_TARGETS) -> PackageContents:
+    """Stages 1 and 2 for SRC: open and check the source, quantize it if `quant` says so, build its graph; the
+    package will carry graphs lowered for `targets` (names from edgekit.targets)."""
+    chosen = tuple(target(t) for t in dict.fromkeys(targets))
     source = open_source(src)
     tokenizer, tok_info = source_tokenizer(source)
     if quant is not None:
         source = quantize_source(source, quant, tokenizer)
-    return PackageContents(source, build_graph(source), tokenizer, tok_info, src, targets)
+    return PackageContents(source, build_graph(source), tokenizer, tok_info, src, chosen)
 
 
 def _write_contents(folder: Path, c: PackageContents, extra: dict[str, Any]) -> Manifest:
@@ -191,15 +193,14 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
     """
     if Path(out).exists():
         raise EdgekitError("output already exists (remove it or choose another -o)", out)
-    chosen = tuple(target(t) for t in dict.fromkeys(targets))
-    main = prepare(src, quant, chosen)
+    main = prepare(src, quant, targets)
     draft_contents = None
     if draft == "auto":
         sub = layer_subset(main.source)
         draft_contents = PackageContents(sub, build_graph(sub), main.tokenizer, main.tok_info, f"{src} (auto draft)",
-                                         chosen)
+                                         main.targets)
     elif draft is not None:
-        draft_contents = prepare(draft, targets=chosen)
+        draft_contents = prepare(draft, targets=targets)
         check_same_tokenizer(main.tokenizer, draft_contents.tokenizer, draft)
     return write_package(main, Path(out), draft_contents)
 
