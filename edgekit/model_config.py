@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
@@ -44,7 +44,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        d = dict(d)
+        """The fields this class has; keys an architecture's own config adds (exporter side) are ignored."""
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
         if d.get("layer_intermediate_sizes") is not None:
             d["layer_intermediate_sizes"] = tuple(d["layer_intermediate_sizes"])
         return cls(**d)

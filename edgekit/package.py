@@ -94,17 +94,23 @@ def read_manifest(folder: str | Path) -> Manifest:
     return Manifest(data)
 
 
-def package_file(folder: str | Path, manifest: Manifest, rel: object) -> Path:
-    """The path of a file the manifest names: it must be a relative path inside the package folder (no `..`, no
-    absolute path, no symlink out) and be listed, with its hash, in the manifest's `files`."""
+def package_path(folder: str | Path, rel: object) -> Path:
+    """A path the manifest names, which must stay inside the package folder: relative, no `..`, no symlink out."""
     folder = Path(folder)
     if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
         raise EdgekitError(f"corrupt package: manifest names a path outside the package ({rel!r})", folder)
     path = folder / rel
     if not path.resolve().is_relative_to(folder.resolve()):
         raise EdgekitError(f"corrupt package: {rel} leads outside the package folder", folder)
+    return path
+
+
+def package_file(folder: str | Path, manifest: Manifest, rel: object) -> Path:
+    """The path of a file the manifest names (package_path), which must also be listed, with its hash, in the
+    manifest's `files`."""
+    path = package_path(folder, rel)
     if rel not in manifest.files:
-        raise EdgekitError(f"corrupt package: {rel} is not listed (with its hash) in the manifest", folder)
+        raise EdgekitError(f"corrupt package: {rel} is not listed (with its hash) in the manifest", Path(folder))
     return path
 
 

@@ -34,8 +34,8 @@ class Target:
 
 _NBITS = frozenset({"MatMulNBits", "GroupQueryAttention", "SkipSimplifiedLayerNormalization"})
 # MatMulBlock ops become MatMulNBits; gathers keep their function body (it touches only the gathered rows).
-_NBITS_RULES = frozenset({"MatMulBlockQ2", "MatMulBlockQ3", "MatMulBlockQ4", "MatMulBlockQ8", "GatherBlockQ4",
-                          "GatherBlockQ8"})
+_NBITS_RULES = frozenset({"MatMulBlockQ2", "MatMulBlockQ3", "MatMulBlockQ4", "MatMulBlockQ8", "GatherBlockQ2",
+                          "GatherBlockQ3", "GatherBlockQ4", "GatherBlockQ8"})
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("portable", None),
     # The CPU kernels take 2-, 4- and 8-bit codes; int8 activations (accuracy_level 4) are a CPU feature.

@@ -23,10 +23,9 @@ FLOAT_TYPES = ("F32", "F16", "BF16")
 _ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.ggml.scores")
 
 
-class GGUFSource:
-    """An opened, checked GGUF file. `get(name)` returns weights under canonical names."""
-
-    kind = "gguf"
+class GGUFFile:
+    """An opened GGUF file whose header and tensor table are checked: its metadata (what the tokenizer is built
+    from) and its tensors, not yet read as a model."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -39,6 +38,25 @@ class GGUFSource:
             raise EdgekitError(f"truncated or corrupt GGUF file ({type(exc).__name__}: {exc})", self.path) from exc
         self._check_tensors_within_file()
         self.metadata = {k: _field_value(f) for k, f in self.reader.fields.items() if k not in _ARRAYS}
+
+    def _check_tensors_within_file(self) -> None:
+        size = self.path.stat().st_size
+        for t in self.reader.tensors:
+            end = int(t.data_offset) + int(t.n_bytes)
+            if end > size:
+                raise EdgekitError(f"truncated GGUF file: tensor {t.name} ends at byte {end}, file has {size}", self.path)
+
+    def field_array(self, key: str) -> list[Any]:
+        return _field_value(self.reader.fields[key]) if key in self.reader.fields else []
+
+
+class GGUFSource(GGUFFile):
+    """A GGUF model: its architecture, config and weights under canonical names (`get(name)`)."""
+
+    kind = "gguf"
+
+    def __init__(self, path: str | Path):
+        super().__init__(path)
         self.arch_class = architecture_class(self.metadata.get("general.architecture"), self.path)
         self.tensors = {}
         for t in self.reader.tensors:
@@ -50,14 +68,6 @@ class GGUFSource:
         self.config = self._config()
         self.arch = self.arch_class(self.config)
         self.arch.check_shapes(self.shapes, self.path)
-
-    # -- checks ------------------------------------------------------------------------------------
-    def _check_tensors_within_file(self) -> None:
-        size = self.path.stat().st_size
-        for t in self.reader.tensors:
-            end = int(t.data_offset) + int(t.n_bytes)
-            if end > size:
-                raise EdgekitError(f"truncated GGUF file: tensor {t.name} ends at byte {end}, file has {size}", self.path)
 
     def _config(self) -> ModelConfig:
         if any(t.name == "rope_freqs.weight" for t in self.reader.tensors):
@@ -93,10 +103,6 @@ class GGUFSource:
             except ValueError as exc:
                 raise EdgekitError(f"tensor {t.name}: {exc}", self.path) from exc
         return self.arch.from_gguf(name, w)
-
-    # -- tokenizer -------------------------------------------------------------------------------------
-    def field_array(self, key: str) -> list[Any]:
-        return _field_value(self.reader.fields[key]) if key in self.reader.fields else []
 
 
 def _check_header(path: Path) -> None:

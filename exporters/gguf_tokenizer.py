@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgekit.exporters.gguf_sentencepiece import sentencepiece_tokenizer
-from edgekit.exporters.gguf_source import GGUFSource
+from edgekit.exporters.gguf_source import GGUFFile
 from gguf import TokenType
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
@@ -65,7 +65,7 @@ class GGUFVocab:
     add_eos: bool
 
 
-def read_vocab(src: GGUFSource) -> GGUFVocab:
+def read_vocab(src: GGUFFile) -> GGUFVocab:
     m = src.metadata
     tokens: list[str] = src.field_array("tokenizer.ggml.tokens")
     if not tokens:
@@ -90,7 +90,7 @@ def read_vocab(src: GGUFSource) -> GGUFVocab:
                      add_eos=bool(m.get("tokenizer.ggml.add_eos_token", False)))
 
 
-def build_tokenizer(src: GGUFSource) -> tuple[Tokenizer, dict[str, Any]]:
+def build_tokenizer(src: GGUFFile) -> tuple[Tokenizer, dict[str, Any]]:
     """The tokenizer, and the facts the runtime needs about it (bos/eos ids, add_bos, stop ids, chat template)."""
     m = src.metadata
     model_type = m.get("tokenizer.ggml.model")
@@ -124,7 +124,7 @@ def build_tokenizer(src: GGUFSource) -> tuple[Tokenizer, dict[str, Any]]:
     return tok, info
 
 
-def _byte_level_bpe(src: GGUFSource, vocab: GGUFVocab) -> Tokenizer:
+def _byte_level_bpe(src: GGUFFile, vocab: GGUFVocab) -> Tokenizer:
     pre = src.metadata.get("tokenizer.ggml.pre") or "default"
     if pre not in PRE_TOKENIZERS:
         raise EdgekitError(f"unsupported pre-tokenizer {pre!r} (supported: {', '.join(PRE_TOKENIZERS)})", src.path)

@@ -24,6 +24,8 @@ from edgekit.model_config import ModelConfig
 from edgekit.node_names import MATMUL_SUFFIX
 from edgekit.ops import (
     OPSET_IMPORTS,
+    GatherBlockQ2,
+    GatherBlockQ3,
     GatherBlockQ4,
     GatherBlockQ8,
     MatMulBlockQ2,
@@ -36,7 +38,7 @@ from edgekit.ops.base import EdgekitOp
 
 MS_DOMAIN = "com.microsoft"
 _MATMUL_OPS: dict[int, type[EdgekitOp]] = {2: MatMulBlockQ2, 3: MatMulBlockQ3, 4: MatMulBlockQ4, 8: MatMulBlockQ8}
-_GATHER_OPS: dict[int, type[EdgekitOp]] = {4: GatherBlockQ4, 8: GatherBlockQ8}
+_GATHER_OPS: dict[int, type[EdgekitOp]] = {2: GatherBlockQ2, 3: GatherBlockQ3, 4: GatherBlockQ4, 8: GatherBlockQ8}
 
 
 def _native(a: np.ndarray, dtype: type[np.floating], what: str) -> np.ndarray:

@@ -17,7 +17,7 @@ from edgekit.runtime.sampling import SamplingParams
 from edgekit.runtime.text import StreamDecoder, TextCodec
 
 from edgekit.errors import EdgekitError
-from edgekit.package import Manifest
+from edgekit.package import Manifest, package_file, package_path
 
 DEFAULT_MAX_LENGTH = 2048
 DRAFT_POLICIES = ("cost", "all")
@@ -60,14 +60,16 @@ class Model:
                                                  float_passes)
         self.config = self.manifest.model
         self.max_length = self.decoder.max_length
-        self.codec = TextCodec(self.path / self.manifest.tokenizer["file"], self.manifest.tokenizer)
+        self.codec = TextCodec(package_file(self.path, self.manifest, self.manifest.tokenizer["file"]),
+                               self.manifest.tokenizer)
         self.draft_decoder: Decoder | None = None
         if draft:
             draft_dir = self.manifest.data.get("draft", {}).get("folder")
             if not draft_dir:
                 raise EdgekitError("this package has no draft model (export it with --draft)", self.path)
             # Two sessions take turns on few cores: spinning threads of the idle one would steal them.
-            self.draft_decoder = self._open(self.path / draft_dir, verify, self.max_length, threads, False)[1]
+            self.draft_decoder = self._open(package_path(self.path, draft_dir), verify, self.max_length, threads,
+                                            False)[1]
         self.last_stats = DecodeStats()
         self.pass_costs = CostAwareLength()  # pass timings outlive one generation: they belong to model + machine
 

@@ -40,6 +40,9 @@ def graph_path(folder: str | Path, manifest: Manifest, provider: str, fast: bool
             print(f"edgekit: this package has no graph lowered for {provider} (lowered for: {lowered}); running the "
                   f"portable graph (export with --target {target.name} for native kernels)", file=sys.stderr)
         return package_file(folder, manifest, graph["file"])
+    if fast and "fast_file" not in entry:
+        raise EdgekitError(f"the {target.name} target has no fast variant (int8 activations are a CPU kernel feature)",
+                           folder)
     return package_file(folder, manifest, entry["fast_file" if fast else "file"])
 
 

@@ -157,7 +157,7 @@ _TOKENIZER_WRITERS = {
 
 def vocab_only_gguf(path: Path, **tokenizer: object) -> Path:
     """A tensorless llama GGUF with the given tokenizer.ggml.* fields (keys of _TOKENIZER_WRITERS; None: left
-    out), written as llama.cpp writes them: enough for GGUFSource and build_tokenizer."""
+    out), written as llama.cpp writes them: enough for GGUFFile and build_tokenizer."""
     import gguf
 
     w = gguf.GGUFWriter(str(path), "llama")

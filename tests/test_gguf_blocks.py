@@ -15,7 +15,7 @@ from edgekit.formats.gguf import GGUF_TYPES
 from edgekit.exporters.arch.llama import Llama, llama_row_order
 from edgekit.exporters.gguf_source import GGUFSource
 from edgekit.formats import BlockQuantWeight, pack_codes
-from edgekit.ops import GatherBlockQ4, GatherBlockQ8, MatMulBlockQ4, MatMulBlockQ8
+from edgekit.ops import GatherBlockQ2, GatherBlockQ4, GatherBlockQ8, MatMulBlockQ2, MatMulBlockQ4, MatMulBlockQ8
 from edgekit.exporters.lowering import lower
 from edgekit.targets import TARGETS
 from factories import GGUF_NUMPY_QUANTIZERS, SMOLLM2_GGUF, encode_q6_k, random_gguf_blocks, random_gguf_stand_in
@@ -85,7 +85,7 @@ def _inits(w: BlockQuantWeight) -> list[onnx.TensorProto]:
 def _matmul_model(w: BlockQuantWeight) -> onnx.ModelProto:
     """Y = A · Wᵀ as one MatMulBlockQ4/Q8 node of w's bits and block size."""
     n, k = w.shape
-    op = {4: MatMulBlockQ4, 8: MatMulBlockQ8}[w.bits]
+    op = {2: MatMulBlockQ2, 4: MatMulBlockQ4, 8: MatMulBlockQ8}[w.bits]
     node = op.make_node(["A", "B", "s", "o"], ["Y"], "mm", K=k, N=n, block_size=w.block_size)
     return _model(node, [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, "S", k])], [1, "S", n], _inits(w),
                   op.op_type)
@@ -105,7 +105,7 @@ def test_every_type_runs_through_body_and_lowering(name: str) -> None:
         assert not any(nd.domain == "edgekit" for nd in lowered.graph.node)
         np.testing.assert_allclose(_run(lowered, {"A": a}), ref, rtol=0, atol=atol * np.abs(ref).max())
 
-    gather = {4: GatherBlockQ4, 8: GatherBlockQ8}[w.bits]
+    gather = {2: GatherBlockQ2, 4: GatherBlockQ4, 8: GatherBlockQ8}[w.bits]
     ids = np.array([[5, 0, 39, 5]], np.int64)
     node = gather.make_node(["B", "s", "o", "ids"], ["Y"], "g", K=k, block_size=w.block_size)
     m = _model(node, [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "S"])], [1, "S", k], _inits(w),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import sentencepiece as spm
-from edgekit.exporters.gguf_source import GGUFSource
+from edgekit.exporters.gguf_source import GGUFFile
 from edgekit.exporters.gguf_tokenizer import build_tokenizer
 from factories import vocab_only_gguf
 from gguf import TokenType
@@ -82,7 +82,7 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 def test_sentencepiece_encodes_like_sentencepiece(trained: tuple) -> None:
     sp, path, _ = trained
-    built, _ = build_tokenizer(GGUFSource(path))
+    built, _ = build_tokenizer(GGUFFile(path))
     tok = Tokenizer.from_str(built.to_str())  # as the runtime reads it back from tokenizer.json
     bos = sp.bos_id()
     for text in TEXTS:
@@ -93,7 +93,7 @@ def test_sentencepiece_encodes_like_sentencepiece(trained: tuple) -> None:
 def test_sentencepiece_random_texts(trained: tuple) -> None:
     """Random mixes of words, letters, spaces, newlines, CJK, emoji and user-defined tokens."""
     sp, path, _ = trained
-    tok, _ = build_tokenizer(GGUFSource(path))
+    tok, _ = build_tokenizer(GGUFFile(path))
     rng = random.Random(1)
     alphabet = [*"abcxyz   \n.,'-0129éüßñ東京語🙂☃", *USER_SYMBOLS, *WORDS]
     for _ in range(500):
@@ -107,7 +107,7 @@ def test_text_that_is_one_user_defined_token(trained: tuple) -> None:
     exactly one user-defined token. `tokenizers` normalizes added tokens with the text's own normalizer, so
     that text cannot be told from the token; it encodes as the token alone, as llama.cpp does."""
     sp, path, prefix = trained
-    tok, _ = build_tokenizer(GGUFSource(path))
+    tok, _ = build_tokenizer(GGUFFile(path))
     token = sp.piece_to_id("<start_of_turn>")
     assert tok.encode("<start_of_turn>", add_special_tokens=False).ids == [token]
     assert sp.encode("<start_of_turn>") == ([sp.piece_to_id("▁")] if prefix else []) + [token]
@@ -115,7 +115,7 @@ def test_text_that_is_one_user_defined_token(trained: tuple) -> None:
 
 def test_sentencepiece_decodes_like_sentencepiece(trained: tuple) -> None:
     sp, path, _ = trained
-    tok, _ = build_tokenizer(GGUFSource(path))
+    tok, _ = build_tokenizer(GGUFFile(path))
     for text in TEXTS:
         ids = tok.encode(text).ids
         assert tok.decode(ids, skip_special_tokens=True) == sp.decode(ids), text
@@ -125,21 +125,21 @@ def test_sentencepiece_decodes_like_sentencepiece(trained: tuple) -> None:
 
 def test_sentencepiece_uses_bytes_for_unseen_characters(trained: tuple) -> None:
     sp, path, _ = trained
-    tok, _ = build_tokenizer(GGUFSource(path))
+    tok, _ = build_tokenizer(GGUFFile(path))
     pieces = tok.encode("☃", add_special_tokens=False).tokens
     assert pieces[-3:] == ["<0xE2>", "<0x98>", "<0x83>"] == sp.encode("☃", out_type=str)[-3:]
 
 
 def test_sentencepiece_info(trained: tuple) -> None:
     sp, path, _ = trained
-    _, info = build_tokenizer(GGUFSource(path))
+    _, info = build_tokenizer(GGUFFile(path))
     assert info == {"bos_token_id": sp.bos_id(), "eos_token_id": sp.eos_id(), "add_bos_token": True,
                     "stop_token_ids": [sp.eos_id()], "chat_template": None, "bos_token": "<s>", "eos_token": "</s>"}
 
 
 def test_sentencepiece_without_bos(tmp_path: Path, trained: tuple) -> None:
     sp, _, prefix = trained
-    tok, info = build_tokenizer(GGUFSource(_sp_gguf(tmp_path / "nobos.gguf", sp, prefix, add_bos_token=False)))
+    tok, info = build_tokenizer(GGUFFile(_sp_gguf(tmp_path / "nobos.gguf", sp, prefix, add_bos_token=False)))
     assert tok.encode("hello world").ids == sp.encode("hello world")
     assert info["add_bos_token"] is False
 
@@ -147,7 +147,7 @@ def test_sentencepiece_without_bos(tmp_path: Path, trained: tuple) -> None:
 # -- bad metadata: one line naming the file and what was expected ------------------------------------------
 def _fails(path: Path, *needles: str) -> None:
     with pytest.raises(EdgekitError) as err:
-        build_tokenizer(GGUFSource(path))
+        build_tokenizer(GGUFFile(path))
     message = str(err.value)
     assert "\n" not in message and path.name in message, message
     for needle in needles:
@@ -195,5 +195,5 @@ def test_bpe_merge_outside_vocabulary(tmp_path: Path, merge: str, reason: str) -
 
 def test_bpe_valid_merges_still_build(tmp_path: Path) -> None:
     path = vocab_only_gguf(tmp_path / "ok.gguf", model="gpt2", tokens=["a", "b", "ab"], merges=["a b"])
-    tok, info = build_tokenizer(GGUFSource(path))
+    tok, info = build_tokenizer(GGUFFile(path))
     assert tok.encode("ab").ids == [2] and info["bos_token_id"] is None

@@ -13,8 +13,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.formats import BlockQuantWeight, pack_codes, unpack_codes
-from edgekit.ops import (OPSET_IMPORTS, GatherBlockQ4, GatherBlockQ8, MatMulBlockQ2, MatMulBlockQ3, MatMulBlockQ4,
-                         MatMulBlockQ8, function_protos)
+from edgekit.ops import (OPSET_IMPORTS, GatherBlockQ2, GatherBlockQ3, GatherBlockQ4, GatherBlockQ8, MatMulBlockQ2,
+                         MatMulBlockQ3, MatMulBlockQ4, MatMulBlockQ8, function_protos)
 from edgekit.exporters.lowering import lower
 from edgekit.targets import TARGETS
 
@@ -167,7 +167,7 @@ def test_matmul_reference_body_and_lowering_agree(op: type, offsets: str, k: int
 
 
 @pytest.mark.parametrize("k", WIDTHS)
-@pytest.mark.parametrize("op", [GatherBlockQ4, GatherBlockQ8])
+@pytest.mark.parametrize("op", [GatherBlockQ2, GatherBlockQ3, GatherBlockQ4, GatherBlockQ8])
 def test_gather_reference_and_body_agree(op: type, k: int) -> None:
     w = _weight(op.bits, k=k)
     packed = pack_codes(w.codes, w.bits, BLOCK)
@@ -214,6 +214,6 @@ def test_an_op_the_target_cannot_lower_is_one_line(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(TARGETS, "cpu", type(cpu)(**{**cpu.__dict__, "lowers": cpu.lowers - {"MatMulBlockQ4"}}))
     m = _matmul_model(MatMulBlockQ4, _weight(4))
     with pytest.raises(EdgekitError, match=r"target cpu cannot lower MatMulBlockQ4 \(node mm\); it lowers "
-                                           r"GatherBlockQ4, GatherBlockQ8, MatMulBlockQ2"):
+                                           r"GatherBlockQ2, GatherBlockQ3, GatherBlockQ4, GatherBlockQ8, MatMulBlockQ2"):
         lower(m, TARGETS["cpu"])
     assert lower(m, TARGETS["portable"]) is m

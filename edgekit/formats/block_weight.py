@@ -1,8 +1,9 @@
 """Block-affine quantized weights, the one form every low-bit source is converted into.
 
-Every supported block format (GGUF Q4_0/Q4_1/Q8_0, edgekit's own group-wise intN) is exactly
-`W[n, k] = scales[n, k // B] * codes[n, k] + offsets[n, k // B]` in float32, with unsigned codes.
-Keeping one form means one set of ops, one reference kernel and one lowering.
+Every format of the registry (edgekit.formats: the GGUF block types, edgekit's grids) is exactly
+`W[n, k] = scales[n, k // B] * codes[n, k] + offsets[n, k // B]` in float32, with unsigned codes;
+`source_format` names the format. Keeping one form means one set of ops, one reference kernel and one
+lowering per target.
 
 K need not be a multiple of B: the last block of a row is then short (K mod B weights), as in
 MatMulNBits, whose block counts are ceil(K / B). A width like SmolLM2's 576 can so take 128-blocks.
@@ -65,7 +66,7 @@ class BlockQuantWeight:
     def concat_rows(parts: list[BlockQuantWeight]) -> BlockQuantWeight:
         """Stack weights along N (fused QKV or gate/up projections); all parts must share one format."""
         first = parts[0]
-        if any((p.bits, p.block_size, p.shape[1]) != (first.bits, first.block_size, first.shape[1]) for p in parts):
+        if any((p.source_format, p.shape[1]) != (first.source_format, first.shape[1]) for p in parts):
             raise ValueError("cannot fuse weights of different formats or widths")
         return BlockQuantWeight(
             np.concatenate([p.codes for p in parts]),

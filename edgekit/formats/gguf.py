@@ -174,7 +174,7 @@ class Q2_K(GGUFBlockType):
     super_block = QK_K
     block_size = 16
     type_size = 84
-    bits = 4
+    bits = 2  # carried by MatMulBlockQ2 (codes stored at 2 bits; widened to 4 in the CPU graph)
     scale_dtype = offset_dtype = np.float32  # d * sc and dmin * m
 
     @classmethod

@@ -9,7 +9,8 @@ One rule packs every width: a group of lcm(bits, 8) bits holds `lcm / bits` code
 byte (4, 2 or 1 codes per byte, low bits first: MatMulNBits' layout). For 3 bits it is 3 bytes
 holding 8 codes: byte 0 = c0 | c1 << 3 | (c2 & 3) << 6, byte 1 = c2 >> 2 | c3 << 1 | c4 << 4 |
 (c5 & 1) << 7, byte 2 = c5 >> 1 | c6 << 2 | c7 << 5. MatMulNBits has no 3-bit kernel; 3-bit codes stay
-dense on disk and are repacked to 4 bits at load time (edgekit.runtime.lowering).
+dense on disk; the CPU and CUDA graphs widen them to 4 bits in a subgraph folded at session creation
+(edgekit.exporters.lowering).
 """
 
 from __future__ import annotations

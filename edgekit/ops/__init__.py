@@ -16,6 +16,7 @@ from typing import Any
 
 _EXPORTS = {
     "DOMAIN": "base", "OPS": "base", "OPSET_IMPORTS": "base", "EdgekitOp": "base", "function_protos": "base",
+    "GatherBlockQ2": "gather_block_quant", "GatherBlockQ3": "gather_block_quant",
     "GatherBlockQ4": "gather_block_quant", "GatherBlockQ8": "gather_block_quant",
     "MatMulBlockQ2": "matmul_block_quant", "MatMulBlockQ3": "matmul_block_quant",
     "MatMulBlockQ4": "matmul_block_quant", "MatMulBlockQ8": "matmul_block_quant",

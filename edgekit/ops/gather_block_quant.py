@@ -49,3 +49,17 @@ class GatherBlockQ4(_GatherBlockQuant):
 class GatherBlockQ8(_GatherBlockQuant):
     op_type = "GatherBlockQ8"
     bits = 8
+
+
+class GatherBlockQ2(_GatherBlockQuant):
+    """2-bit tables (a Q2_K embedding, an int2 grid by plan)."""
+
+    op_type = "GatherBlockQ2"
+    bits = 2
+
+
+class GatherBlockQ3(_GatherBlockQuant):
+    """3-bit tables (an int3 grid by plan)."""
+
+    op_type = "GatherBlockQ3"
+    bits = 3

@@ -267,11 +267,12 @@ class Architecture:
 
 
 def _fuse(parts: list[Weight]) -> Weight | None:
-    """The weights stacked along N when all are dense or all share one block format; else None."""
+    """The weights stacked along N when all are dense or all share one format (Q4_0 beside Q4_1 has the same bits
+    and blocks but another zero point: not fused); else None."""
     if all(isinstance(w, np.ndarray) for w in parts):
         return np.concatenate(parts)  # type: ignore[arg-type]
     if all(isinstance(w, BlockQuantWeight) for w in parts) and \
-            len({(w.bits, w.block_size) for w in parts}) == 1:  # type: ignore[union-attr]
+            len({w.source_format for w in parts}) == 1:  # type: ignore[union-attr]
         return BlockQuantWeight.concat_rows(parts)  # type: ignore[arg-type]
     return None
 
