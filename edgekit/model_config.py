@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
@@ -44,7 +44,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        d = dict(d)
+        # An architecture's config subclass may add fields (exporters.arch); the runtime needs only these.
+        d = {f.name: d[f.name] for f in fields(cls) if f.name in d}
         if d.get("layer_intermediate_sizes") is not None:
             d["layer_intermediate_sizes"] = tuple(d["layer_intermediate_sizes"])
         return cls(**d)
