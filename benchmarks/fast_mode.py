@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from edgekit.exporters.pipeline import export
-from edgekit.exporters.quantize import QuantConfig, WeightFormat
+from edgekit.exporters.quantize import QuantConfig, GridFormat
 from edgekit.runtime import Model
 from edgekit.runtime import generator as runtime_generator
 from edgekit.runtime.bench import decode_rate
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/fast-mode-latest")
     args = parser.parse_args()
     pkg = Path(tempfile.mkdtemp(prefix="edgekit-fast-")) / "int4g128"
-    manifest = export(str(GGUF), pkg, quant=QuantConfig(WeightFormat(4, 128), "gptq"))
+    manifest = export(str(GGUF), pkg, quant=QuantConfig(GridFormat(4, 128), "gptq"))
     exact_nodes = manifest.data["recipe"]["fast_exact"]
     print(f"[fast-mode] exact in fast mode: {exact_nodes}", file=sys.stderr, flush=True)
     rows = {}

@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from edgekit.exporters.pipeline import PackageContents, build_graph, export, prepare, write_package
-from edgekit.exporters.quantize import QuantConfig, WeightFormat
+from edgekit.exporters.quantize import GridFormat, QuantConfig
+from edgekit.exporters.quantize.spec import embedding_format
 from edgekit.exporters.quantize.rtn import quantize_rtn
 from edgekit.exporters.quantize.source import QuantizedSource, float_weight, tensor_names
 from edgekit.exporters.quantize.spec import CalibrationConfig
@@ -128,7 +129,7 @@ def float_projection_contents() -> PackageContents:
     contents = prepare(str(GGUF))
     source = contents.source
     weights = {n: float_weight(source, n) for n in tensor_names(source) if n.startswith("layers.")}
-    weights["embed"] = quantize_rtn(float_weight(source, "embed"), WeightFormat(4, GROUP).for_embedding())
+    weights["embed"] = quantize_rtn(float_weight(source, "embed"), embedding_format(GridFormat(4, GROUP)))
     floats = QuantizedSource(source, weights, Recipe(method="float projections"))  # type: ignore[arg-type]
     return PackageContents(floats, build_graph(floats), contents.tokenizer, contents.tok_info, str(GGUF))
 
@@ -207,8 +208,8 @@ def calibration_windows() -> np.ndarray:
     return generate(TorchReference(str(GGUF), "cpu").model, tokenizer, CalibrationConfig())
 
 
-def fmt(bits: int, sym: bool = False) -> WeightFormat:
-    return WeightFormat(bits, GROUP, sym)
+def fmt(bits: int, sym: bool = False) -> GridFormat:
+    return GridFormat(bits, GROUP, sym)
 
 
 # Calibration on held-out text of the evaluation's kind (pydoc, disjoint from the evaluated characters), as
@@ -218,14 +219,14 @@ TUNE = 100
 EDGEKIT_ROWS: dict[str, QuantConfig | None] = {
     "GGUF Q4_1 as shipped (g32)": None,
     "int8 g128 RTN": QuantConfig(fmt(8)),
-    "int4 g32 RTN": QuantConfig(WeightFormat(4, 32)),
+    "int4 g32 RTN": QuantConfig(GridFormat(4, 32)),
     "int4 g128 RTN": QuantConfig(fmt(4)),
     "int4 g128 GPTQ": QuantConfig(fmt(4), "gptq"),
-    "int4 g64 GPTQ": QuantConfig(WeightFormat(4, 64), "gptq"),
+    "int4 g64 GPTQ": QuantConfig(GridFormat(4, 64), "gptq"),
     "int3 g128 RTN": QuantConfig(fmt(3)),
     "int3 g128 GPTQ": QuantConfig(fmt(3), "gptq"),
     "int2 g128 GPTQ": QuantConfig(fmt(2), "gptq"),
-    "int3 g64 GPTQ": QuantConfig(WeightFormat(3, 64), "gptq"),
+    "int3 g64 GPTQ": QuantConfig(GridFormat(3, 64), "gptq"),
     "mixed 3.5 bpw GPTQ": QuantConfig(None, "gptq", target_bpw=3.5, group_size=GROUP),
     f"int4 g128 GPTQ+tune{TUNE}": QuantConfig(fmt(4), "gptq", tune_steps=TUNE),
     "int4 g128 GPTQ, held-out": QuantConfig(fmt(4), "gptq", HELD_OUT),

@@ -16,7 +16,8 @@ from edgekit.errors import EdgekitError
 from edgekit.model_config import ModelConfig
 
 FORMAT_NAME = "edgekit-package"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: graphs lowered at export (graph.targets); 1 lowered at load time
+CONTRACT = "causal-lm-kv"  # the decoder's inputs and outputs (docs/package-format.md)
 MANIFEST = "manifest.json"
 GRAPH_FILE = "model.onnx"
 WEIGHTS_FILE = "model.onnx.data"
@@ -93,11 +94,25 @@ def read_manifest(folder: str | Path) -> Manifest:
     return Manifest(data)
 
 
+def package_file(folder: str | Path, manifest: Manifest, rel: object) -> Path:
+    """The path of a file the manifest names: it must be a relative path inside the package folder (no `..`, no
+    absolute path, no symlink out) and be listed, with its hash, in the manifest's `files`."""
+    folder = Path(folder)
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise EdgekitError(f"corrupt package: manifest names a path outside the package ({rel!r})", folder)
+    path = folder / rel
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise EdgekitError(f"corrupt package: {rel} leads outside the package folder", folder)
+    if rel not in manifest.files:
+        raise EdgekitError(f"corrupt package: {rel} is not listed (with its hash) in the manifest", folder)
+    return path
+
+
 def verify_files(folder: str | Path, manifest: Manifest) -> None:
     """Check every listed file's size and sha256; raise on the first mismatch."""
     folder = Path(folder)
     for rel, entry in manifest.files.items():
-        p = folder / rel
+        p = package_file(folder, manifest, rel)
         if not p.is_file():
             raise EdgekitError("corrupt package: file listed in the manifest is missing", p)
         if p.stat().st_size != entry["size"]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from edgekit.exporters.arch import Metadata, architecture_class
-from edgekit.exporters.gguf_blocks import GGUF_BLOCK_TYPES
+from edgekit.formats.gguf import GGUF_TYPES
 from edgekit.exporters.weights import Weight
 
 from edgekit.errors import EdgekitError
@@ -64,8 +64,8 @@ class GGUFSource:
             raise EdgekitError("unsupported: per-frequency rope factors (rope_freqs.weight)", self.path)
         for t in self.tensors.values():
             ttype = t.tensor_type.name
-            if ttype not in FLOAT_TYPES and ttype not in GGUF_BLOCK_TYPES:
-                supported = ", ".join([*FLOAT_TYPES, *GGUF_BLOCK_TYPES])
+            if ttype not in FLOAT_TYPES and ttype not in GGUF_TYPES:
+                supported = ", ".join([*FLOAT_TYPES, *GGUF_TYPES])
                 raise EdgekitError(f"tensor {t.name} has unsupported quantization type {ttype} (supported: {supported})",
                                    self.path)
         meta = Metadata(self.metadata, self.path, f"{self.metadata['general.architecture']}.")
@@ -89,7 +89,7 @@ class GGUFSource:
                 w = w.reshape(-1, n_cols)
         else:
             try:
-                w = GGUF_BLOCK_TYPES[ttype].to_block_weight(np.asarray(t.data).reshape(int(t.shape[1]), -1), n_cols)
+                w = GGUF_TYPES[ttype].to_block_weight(np.asarray(t.data).reshape(int(t.shape[1]), -1), n_cols)
             except ValueError as exc:
                 raise EdgekitError(f"tensor {t.name}: {exc}", self.path) from exc
         return self.arch.from_gguf(name, w)

@@ -17,6 +17,8 @@ from typing import Any
 
 import onnx
 from edgekit.exporters.draft import check_same_tokenizer, layer_subset, measure_acceptance
+from edgekit.exporters.graph_files import save_graphs
+from edgekit.exporters.lowering import lower
 from edgekit.exporters.quantize import QuantConfig, quantize_source
 from edgekit.exporters.sources import Source, open_source, source_tokenizer
 from edgekit.exporters.weights import RecordingSource
@@ -25,6 +27,7 @@ from tokenizers import Tokenizer
 import edgekit
 from edgekit.errors import EdgekitError
 from edgekit.package import (
+    CONTRACT,
     FORMAT_NAME,
     FORMAT_VERSION,
     GRAPH_FILE,
@@ -36,6 +39,7 @@ from edgekit.package import (
 )
 from edgekit.progress import progress
 from edgekit.recipe import Recipe
+from edgekit.targets import DEFAULT_TARGETS, Target, target
 
 DEFAULT_MAX_NEW_TOKENS = 256
 DRAFT_FOLDER = "draft"
@@ -58,6 +62,25 @@ def build_graph(source: Source) -> BuiltGraph:
     return BuiltGraph(model, recipe, sorted(ops))
 
 
+def lower_graphs(built: BuiltGraph, targets: tuple[Target, ...]) -> dict[str, onnx.ModelProto]:
+    """Stage 3: graph file name -> graph: the portable graph and each target's lowered graph(s)."""
+    exact = frozenset(built.recipe.fast_exact)
+    graphs = {GRAPH_FILE: built.model}
+    for t in targets:
+        if t.provider is not None:
+            graphs[t.graph_file()] = lower(built.model, t)
+            if t.fast_variant:
+                graphs[t.graph_file(fast=True)] = lower(built.model, t, fast=True, exact_nodes=exact)
+    return graphs
+
+
+def target_entries(targets: tuple[Target, ...]) -> dict[str, dict[str, Any]]:
+    """The manifest's `graph.targets`: per target, its provider and graph files."""
+    return {t.name: {"provider": t.provider, "file": t.graph_file(),
+                     **({"fast_file": t.graph_file(fast=True)} if t.fast_variant else {})}
+            for t in targets if t.provider is not None}
+
+
 @dataclass
 class PackageContents:
     """Everything one package (or its draft) is written from."""
@@ -67,21 +90,21 @@ class PackageContents:
     tokenizer: Tokenizer
     tok_info: dict[str, Any]
     source_name: str
+    targets: tuple[Target, ...]
 
 
-def prepare(src: str, quant: QuantConfig | None = None) -> PackageContents:
+def prepare(src: str, quant: QuantConfig | None = None, targets: tuple[Target, ...] = ()) -> PackageContents:
     """Stages 1 and 2 for SRC: open and check the source, quantize it if `quant` says so, build its graph."""
     source = open_source(src)
     tokenizer, tok_info = source_tokenizer(source)
     if quant is not None:
         source = quantize_source(source, quant, tokenizer)
-    return PackageContents(source, build_graph(source), tokenizer, tok_info, src)
+    return PackageContents(source, build_graph(source), tokenizer, tok_info, src, targets)
 
 
 def _write_contents(folder: Path, c: PackageContents, extra: dict[str, Any]) -> Manifest:
     """Graph, weights, tokenizer and manifest into an existing folder (files already there are hashed too)."""
-    onnx.save_model(c.built.model, str(folder / GRAPH_FILE), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location=WEIGHTS_FILE, size_threshold=1024)
+    save_graphs(folder, lower_graphs(c.built, c.targets), WEIGHTS_FILE)
     c.tokenizer.save(str(folder / TOKENIZER_FILE))
     src_path = Path(c.source.path)
     manifest = Manifest({
@@ -93,8 +116,9 @@ def _write_contents(folder: Path, c: PackageContents, extra: dict[str, Any]) -> 
                    "sha256": sha256_of(src_path) if src_path.is_file() else None},
         "model": c.source.config.to_dict(),
         "recipe": c.built.recipe.to_dict(),
-        "graph": {"file": GRAPH_FILE, "weights": WEIGHTS_FILE, "custom_ops": c.built.custom_ops,
-                  "opsets": {o.domain or "ai.onnx": o.version for o in c.built.model.opset_import}},
+        "graph": {"contract": CONTRACT, "file": GRAPH_FILE, "weights": WEIGHTS_FILE, "custom_ops": c.built.custom_ops,
+                  "opsets": {o.domain or "ai.onnx": o.version for o in c.built.model.opset_import},
+                  "targets": target_entries(c.targets)},
         "tokenizer": {"file": TOKENIZER_FILE, **c.tok_info},
         "generation": {"stop_token_ids": c.tok_info["stop_token_ids"], "max_new_tokens": DEFAULT_MAX_NEW_TOKENS,
                        "temperature": 0.0, "top_k": 0, "top_p": 1.0},
@@ -110,7 +134,7 @@ def _write_contents(folder: Path, c: PackageContents, extra: dict[str, Any]) -> 
 
 
 def write_package(main: PackageContents, out: Path, draft: PackageContents | None = None) -> Manifest:
-    """Stage 3: write the package (and its draft, in draft/) to a temporary folder, then rename it to `out`."""
+    """Stage 4: write the package (and its draft, in draft/) to a temporary folder, then rename it to `out`."""
     out = Path(out)
     if out.exists():
         raise EdgekitError("output already exists (remove it or choose another -o)", out)
@@ -133,23 +157,28 @@ def write_package(main: PackageContents, out: Path, draft: PackageContents | Non
     return manifest
 
 
-def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConfig | None = None) -> Manifest:
+def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConfig | None = None,
+           targets: tuple[str, ...] = DEFAULT_TARGETS) -> Manifest:
     """SRC (GGUF file, HF folder or built-in name) -> edgekit package folder `out`.
 
     `quant`: quantize the weights on export (exporters.quantize); None keeps them as the source has them.
 
     `draft`: a draft model's SRC for speculative decoding (its tokenizer must equal the target's), or
     "auto" to build one from the target itself (see exporters.draft).
+
+    `targets`: names from edgekit.targets; each adds graph(s) lowered for its execution provider.
     """
     if Path(out).exists():
         raise EdgekitError("output already exists (remove it or choose another -o)", out)
-    main = prepare(src, quant)
+    chosen = tuple(target(t) for t in dict.fromkeys(targets))
+    main = prepare(src, quant, chosen)
     draft_contents = None
     if draft == "auto":
         sub = layer_subset(main.source)
-        draft_contents = PackageContents(sub, build_graph(sub), main.tokenizer, main.tok_info, f"{src} (auto draft)")
+        draft_contents = PackageContents(sub, build_graph(sub), main.tokenizer, main.tok_info, f"{src} (auto draft)",
+                                         chosen)
     elif draft is not None:
-        draft_contents = prepare(draft)
+        draft_contents = prepare(draft, targets=chosen)
         check_same_tokenizer(main.tokenizer, draft_contents.tokenizer, draft)
     return write_package(main, Path(out), draft_contents)
 

@@ -10,7 +10,8 @@ from edgekit.errors import EdgekitError
 from edgekit.model_config import ModelConfig
 
 
-def _inverse_frequencies(c: ModelConfig) -> np.ndarray:
+def inverse_frequencies(c: ModelConfig) -> np.ndarray:
+    """float32 [head_dim / 2], with the config's rope scaling applied."""
     dim = c.head_dim
     inv_freq = 1.0 / (c.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
     scaling = c.rope_scaling or {}
@@ -30,10 +31,3 @@ def _inverse_frequencies(c: ModelConfig) -> np.ndarray:
         medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
         return np.where(medium, smoothed, scaled).astype(np.float32)
     raise EdgekitError(f"unsupported rope scaling type {kind!r} (supported: default, linear, llama3)")
-
-
-def rope_cos_sin(c: ModelConfig, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin tables, float32 [length, head_dim / 2]."""
-    positions = np.arange(length, dtype=np.float32)
-    angles = np.outer(positions, _inverse_frequencies(c)).astype(np.float32)
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)

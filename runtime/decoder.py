@@ -9,14 +9,12 @@ back (speculative decoding) costs nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 
 from edgekit.errors import EdgekitError
-from edgekit.model_config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -26,39 +24,29 @@ class SessionSettings:
     spinning: bool = True  # turn off when several sessions take turns on few cores
 
 
-def _hand_over_initializers(model: onnx.ModelProto, so: ort.SessionOptions) -> list[np.ndarray]:
-    """Move large initializers out of the protobuf into OrtValues given to the session directly.
-
-    Serializing the model with its weights would hold a second full copy in memory at load time (and
-    stop at protobuf's 2 GB limit). The returned arrays back the OrtValues and must outlive the session."""
-    names, values, arrays = [], [], []
-    for t in model.graph.initializer:
-        if t.HasField("raw_data") and len(t.raw_data) >= 1024:
-            a = numpy_helper.to_array(t)
-            t.ClearField("raw_data")
-            t.data_location = onnx.TensorProto.EXTERNAL
-            del t.external_data[:]
-            for key, value in (("location", "edgekit-in-memory"), ("offset", "0"), ("length", str(a.nbytes))):
-                entry = t.external_data.add()
-                entry.key, entry.value = key, value
-            names.append(t.name)
-            values.append(ort.OrtValue.ortvalue_from_numpy(a))
-            arrays.append(a)
-    so.add_external_initializers(names, values)
-    return arrays
-
-
-def make_session(model: onnx.ModelProto, settings: SessionSettings) -> ort.InferenceSession:
+def make_session(graph: Path, settings: SessionSettings) -> ort.InferenceSession:
+    """An onnxruntime session over a package's graph file (its external weights resolved beside it)."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if settings.threads:
         so.intra_op_num_threads = settings.threads
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.spinning else "0")
     so.log_severity_level = 3
-    arrays = _hand_over_initializers(model, so)
-    session = ort.InferenceSession(model.SerializeToString(), so, providers=[settings.provider])
-    session.edgekit_weights = arrays  # type: ignore[attr-defined]  # keeps the OrtValues' memory alive
-    return session
+    try:
+        return ort.InferenceSession(str(graph), so, providers=[settings.provider])
+    except Exception as exc:  # onnxruntime raises its own exception types, with multi-line messages
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgekitError(f"corrupt package: onnxruntime cannot load this graph ({first})", graph) from exc
+
+
+def cache_shapes(session: ort.InferenceSession) -> list[tuple[int, int]]:
+    """(kv_heads, head_dim) of each layer's cache, read from the graph's `past_key_values.{i}.key` inputs."""
+    shapes = {i.name: i.shape for i in session.get_inputs()}
+    out = []
+    while f"past_key_values.{len(out)}.key" in shapes:
+        _, heads, _, dim = shapes[f"past_key_values.{len(out)}.key"]
+        out.append((int(heads), int(dim)))
+    return out
 
 
 class Decoder:
@@ -68,17 +56,16 @@ class Decoder:
     on the same cache buffers: a session over float32 weights, whose GEMM costs about what one token
     costs, where MatMulNBits' multi-token path costs several one-token passes (runtime.generator)."""
 
-    def __init__(self, session: ort.InferenceSession, config: ModelConfig, max_length: int,
+    def __init__(self, session: ort.InferenceSession, max_length: int,
                  wide_session: ort.InferenceSession | None = None):
         self.session = session
-        self.config = config
         self.max_length = max_length
         self.length = 0
         device = "cuda" if "CUDAExecutionProvider" in session.get_providers() else "cpu"
-        shape = [1, config.num_kv_heads, max_length, config.head_dim]
+        self.layers = cache_shapes(session)
         # Zero-filled: GQA reads whole cache blocks, and stale NaNs in unused slots would leak in.
-        self._cache = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32), device, 0)
-                       for _ in range(2 * config.num_layers)]
+        self._cache = [ort.OrtValue.ortvalue_from_numpy(np.zeros((1, heads, max_length, dim), np.float32), device, 0)
+                       for heads, dim in self.layers for _ in range(2)]
         self._bindings = [(session, self._bind(session))]
         if wide_session is not None:
             self._bindings.append((wide_session, self._bind(wide_session)))
@@ -86,7 +73,7 @@ class Decoder:
     def _bind(self, session: ort.InferenceSession) -> ort.IOBinding:
         binding = session.io_binding()
         binding.bind_output("logits")  # bound first so it is output 0; rebinding a name later keeps its place
-        for i in range(self.config.num_layers):
+        for i in range(len(self.layers)):
             for j, kind in enumerate(("key", "value")):
                 buf = self._cache[2 * i + j]
                 binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", buf)

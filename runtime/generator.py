@@ -7,13 +7,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import onnx
 from edgekit.runtime.decoder import Decoder, SessionSettings, make_session
 from edgekit.runtime.decoding import DecodeStats, decode
 from edgekit.runtime.draft_policy import CostAwareLength
 from edgekit.runtime.drafters import Drafter, ModelDrafter, NgramDrafter
-from edgekit.runtime.loader import load_package
-from edgekit.runtime.lowering import lower
+from edgekit.runtime.loader import graph_path, load_manifest, portable_graph_path
 from edgekit.runtime.providers import select_provider
 from edgekit.runtime.sampling import SamplingParams
 from edgekit.runtime.text import StreamDecoder, TextCodec
@@ -75,18 +73,15 @@ class Model:
 
     def _open(self, folder: Path, verify: bool, max_length: int | None, threads: int,
               spinning: bool, float_passes: bool = False) -> tuple[Manifest, Decoder]:
-        manifest, onnx_model = load_package(folder, verify=verify)
+        manifest = load_manifest(folder, verify=verify)
         config = manifest.model
         length = min(max_length or DEFAULT_MAX_LENGTH, config.max_position_embeddings)
         settings = SessionSettings(self.provider, threads, spinning)
-        wide = None
-        if float_passes:
-            copy = onnx.ModelProto()
-            copy.CopyFrom(onnx_model)  # lowering and the session take their model apart
-            wide = make_session(lower(copy, self.provider, float_weights=True), replace(settings, spinning=False))
-        exact = frozenset(manifest.data.get("recipe", {}).get("fast_exact", []))
-        session = make_session(lower(onnx_model, self.provider, fast=self.fast, exact_nodes=exact), settings)
-        return manifest, Decoder(session, config, length, wide)
+        # The portable graph's dequantization bodies fold into float32 weights at session creation.
+        wide = make_session(portable_graph_path(folder, manifest), replace(settings, spinning=False)) \
+            if float_passes else None
+        session = make_session(graph_path(folder, manifest, self.provider, self.fast), settings)
+        return manifest, Decoder(session, length, wide)
 
     # -- tokens ----------------------------------------------------------------------------------------
     def encode(self, prompt: str, chat: bool = False) -> list[int]:

@@ -1,28 +1,48 @@
-"""Open a package: read and verify the manifest, load the graph with its weights."""
+"""Open a package: read and verify the manifest, and choose the graph file for an execution provider.
+
+Graphs are lowered at export (edgekit.targets), so loading is reading: onnxruntime opens the chosen graph
+file itself, and nothing here imports `onnx` or rewrites a graph.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-import onnx
-
 from edgekit.errors import EdgekitError
-from edgekit.ops import OPS
-from edgekit.package import Manifest, read_manifest, verify_files
+from edgekit.ops.names import OP_NAMES
+from edgekit.package import Manifest, package_file, read_manifest, verify_files
+from edgekit.targets import target_for_provider
 
 
-def load_package(folder: str | Path, verify: bool = True) -> tuple[Manifest, onnx.ModelProto]:
-    """The manifest and the ONNX model (external weights loaded). `verify` checks every file's sha256."""
-    folder = Path(folder)
+def load_manifest(folder: str | Path, verify: bool = True) -> Manifest:
+    """The manifest; `verify` checks every listed file's size and sha256 first."""
     manifest = read_manifest(folder)
     if verify:
         verify_files(folder, manifest)
-    unknown = [op for op in manifest.custom_ops if op not in OPS]
+    unknown = sorted(set(manifest.custom_ops) - OP_NAMES)
     if unknown:
         raise EdgekitError(f"unknown edgekit op(s) {unknown}: this package needs a newer edgekit", folder)
-    graph_path = folder / manifest.data["graph"]["file"]
-    try:
-        model = onnx.load(str(graph_path), load_external_data=True)
-    except Exception as exc:  # protobuf decode errors carry no file name
-        raise EdgekitError(f"corrupt package: cannot read the ONNX graph ({exc})", graph_path) from exc
-    return manifest, model
+    return manifest
+
+
+def graph_path(folder: str | Path, manifest: Manifest, provider: str, fast: bool = False) -> Path:
+    """The graph lowered for `provider` (its fast variant if `fast`), else the portable graph, with a message."""
+    graph = manifest.data["graph"]
+    target = target_for_provider(provider)
+    entry = graph.get("targets", {}).get(target.name)
+    if entry is None:
+        lowered = ", ".join(graph.get("targets", {})) or "none"
+        if fast:
+            raise EdgekitError(f"fast mode needs a graph lowered for {provider} (this package has: {lowered}); "
+                               f"export with --target {target.name}", folder)
+        if target.provider is not None:
+            print(f"edgekit: this package has no graph lowered for {provider} (lowered for: {lowered}); running the "
+                  f"portable graph (export with --target {target.name} for native kernels)", file=sys.stderr)
+        return package_file(folder, manifest, graph["file"])
+    return package_file(folder, manifest, entry["fast_file" if fast else "file"])
+
+
+def portable_graph_path(folder: str | Path, manifest: Manifest) -> Path:
+    """The graph with edgekit ops as function bodies: onnxruntime folds their dequantization into float32 weights."""
+    return package_file(folder, manifest, manifest.data["graph"]["file"])

@@ -139,15 +139,7 @@ def tiny_gguf(path: Path, hf_folder: Path, linear_type: str | tuple[str, ...] = 
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
     src = smollm2_tokenizer_fields()
     w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(n_layers)
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv)
-    w.add_rope_freq_base(cfg["rope_theta"])
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_rope_dimension_count(head_dim)
+    _add_hparams(w, cfg)
     if head_dim != cfg["hidden_size"] // heads or arch in ("qwen3", "gemma3"):  # as llama.cpp's converters write
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
@@ -199,6 +191,50 @@ def tiny_gguf(path: Path, hf_folder: Path, linear_type: str | tuple[str, ...] = 
             layer = _write_key(canonical)[0]
             kind = linear_type if isinstance(linear_type, str) else linear_type[layer % len(linear_type)]
         put(gguf_name(canonical), arr, kind)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+
+def _add_hparams(w: object, cfg: dict) -> None:
+    """The llama hyperparameters of an HF config.json, as GGUF metadata."""
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_rope_freq_base(cfg["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_dimension_count(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
+
+
+# gguf-py's writer for each tokenizer.ggml.* field vocab_only_gguf takes.
+_TOKENIZER_WRITERS = {
+    "model": "add_tokenizer_model", "pre": "add_tokenizer_pre", "tokens": "add_token_list",
+    "scores": "add_token_scores", "token_type": "add_token_types", "merges": "add_token_merges",
+    "bos_token_id": "add_bos_token_id", "eos_token_id": "add_eos_token_id", "unknown_token_id": "add_unk_token_id",
+    "add_bos_token": "add_add_bos_token", "add_eos_token": "add_add_eos_token",
+    "add_space_prefix": "add_add_space_prefix",
+}
+
+
+def vocab_only_gguf(path: Path, **tokenizer: object) -> Path:
+    """A tensorless llama GGUF with the given tokenizer.ggml.* fields (keys of _TOKENIZER_WRITERS; None: left
+    out), written as llama.cpp writes them: enough for GGUFSource and build_tokenizer."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    _add_hparams(w, {"num_hidden_layers": 1, "max_position_embeddings": 64, "hidden_size": 8,
+                     "intermediate_size": 16, "num_attention_heads": 2, "num_key_value_heads": 2,
+                     "rope_theta": 10000.0, "rms_norm_eps": 1e-5})
+    w.add_vocab_size(max(1, len(tokenizer.get("tokens") or ())))
+    for key, value in tokenizer.items():
+        if value is not None:
+            getattr(w, _TOKENIZER_WRITERS[key])(value)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

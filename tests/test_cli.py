@@ -16,12 +16,33 @@ def test_export_writes_a_complete_manifest(tmp_path: Path, tiny_gguf_file: Path)
     assert result.exit_code == 0, result.output
     m = read_manifest(tmp_path / "pkg")
     assert m.data["source"]["sha256"] == sha256_of(tiny_gguf_file)
-    assert set(m.files) == {"model.onnx", "model.onnx.data", "tokenizer.json"}
+    assert set(m.files) == {"model.onnx", "model.cpu.onnx", "model.cpu-fast.onnx", "model.onnx.data", "tokenizer.json"}
+    assert m.data["graph"]["targets"] == {"cpu": {"provider": "CPUExecutionProvider", "file": "model.cpu.onnx",
+                                                  "fast_file": "model.cpu-fast.onnx"}}
     for rel, entry in m.files.items():
         assert entry["sha256"] == sha256_of(tmp_path / "pkg" / rel)
     assert m.custom_ops == ["GatherBlockQ8", "MatMulBlockQ4", "MatMulBlockQ8"]  # tied output layer reads Q8_0
     assert m.data["recipe"]["summary"] == {"Q8_0": 1, "Q4_1": 14}
     assert m.tokenizer["add_bos_token"] is False and m.tokenizer["eos_token"] == "<|im_end|>"
+
+
+def test_export_targets_share_one_weights_file(tmp_path: Path, tiny_gguf_file: Path) -> None:
+    """Several targets: each adds small graph files; the weights are stored once."""
+    sizes = {}
+    for targets in (["portable"], ["cpu", "cuda"]):
+        out = tmp_path / "-".join(targets)
+        args = ["export", str(tiny_gguf_file), "-o", str(out), *(a for t in targets for a in ("--target", t))]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        sizes[out.name] = (out / "model.onnx.data").stat().st_size
+        assert set(read_manifest(out).data["graph"]["targets"]) == set(targets) - {"portable"}
+    assert sizes["cpu-cuda"] <= 1.01 * sizes["portable"]
+
+
+def test_unknown_target_is_one_line(tmp_path: Path, tiny_gguf_file: Path) -> None:
+    result = CliRunner().invoke(main, ["export", str(tiny_gguf_file), "-o", str(tmp_path / "p"), "--target", "tpu"])
+    assert result.exit_code == 2 and not (tmp_path / "p").exists()
+    assert "unknown target 'tpu' (supported: portable, cpu, cuda)" in result.output
 
 
 def test_run_streams_text(tiny_gguf_pkg: Path) -> None:

@@ -11,10 +11,11 @@ import pytest
 import torch
 from edgekit.exporters.quantize.fast_mode import EXACT_SHARE, activation_errors, exact_nodes, int8_blocks
 from edgekit.exporters.reference import TorchReference
-from edgekit.runtime.lowering import ACCURACY_EXACT, ACCURACY_INT8, lower
+from edgekit.exporters.lowering import ACCURACY_EXACT, ACCURACY_INT8, lower
 
 from edgekit.node_names import projection_node
 from edgekit.package import GRAPH_FILE
+from edgekit.targets import TARGETS
 
 
 def test_projection_nodes_cover_fused_and_single_projections() -> None:
@@ -58,7 +59,7 @@ def test_activation_errors_see_an_outlier_channel(tiny_hf: Path) -> None:
 @pytest.mark.parametrize("fast", [False, True])
 def test_lowering_keeps_exact_nodes_at_level_0(tiny_gguf_pkg: Path, fast: bool) -> None:
     model = onnx.load(str(tiny_gguf_pkg / GRAPH_FILE))
-    lowered = lower(model, "CPUExecutionProvider", fast=fast, exact_nodes=frozenset({"layers.0.qkv"}))
+    lowered = lower(model, TARGETS["cpu"], fast=fast, exact_nodes=frozenset({"layers.0.qkv"}))
     levels = {n.output[0]: next(a.i for a in n.attribute if a.name == "accuracy_level")
               for n in lowered.graph.node if n.op_type == "MatMulNBits"}
     assert levels, "the tiny package has no MatMulNBits after lowering"

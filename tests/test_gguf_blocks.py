@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gguf
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.exporters.gguf_blocks import GGUF_BLOCK_TYPES
+from edgekit.formats import weight_format
+from edgekit.formats.gguf import GGUF_TYPES
 from edgekit.exporters.arch.llama import Llama, llama_row_order
 from edgekit.exporters.gguf_source import GGUFSource
 from edgekit.formats import BlockQuantWeight, pack_codes
 from edgekit.ops import GatherBlockQ4, GatherBlockQ8, MatMulBlockQ4, MatMulBlockQ8
-from edgekit.runtime.lowering import lower
+from edgekit.exporters.lowering import lower
+from edgekit.targets import TARGETS
 from factories import GGUF_NUMPY_QUANTIZERS, SMOLLM2_GGUF, encode_q6_k, random_gguf_blocks, random_gguf_stand_in
-from test_ops import _model, _run
+from test_ops import _model, _run, folded
 
 
 def _dequantize(raw: np.ndarray, name: str) -> np.ndarray:
@@ -27,25 +31,38 @@ def test_block_type_is_bit_exact(name: str) -> None:
     rng = np.random.default_rng(1)
     w = (rng.standard_normal((64, 256)) * rng.uniform(0.01, 10, (64, 1))).astype(np.float32)
     raw = gguf.quants.quantize(w, gguf.GGMLQuantizationType[name])
-    got = GGUF_BLOCK_TYPES[name].to_block_weight(raw, 256).dequantize()
+    got = GGUF_TYPES[name].to_block_weight(raw, 256).dequantize()
     np.testing.assert_array_equal(got, _dequantize(raw, name))
 
 
-@pytest.mark.parametrize("name", sorted(GGUF_BLOCK_TYPES))
+@pytest.mark.parametrize("name", sorted(GGUF_TYPES))
 def test_random_blocks_are_bit_exact(name: str) -> None:
     """Any bytes, with float16 fields over the whole finite range: the re-laid weight equals gguf-py's, value
     for value (np.array_equal; only the sign of some zeros may differ, see docs/ops.md)."""
     raw = random_gguf_blocks(name, 48, 1024, np.random.default_rng(2))
-    got = GGUF_BLOCK_TYPES[name].to_block_weight(raw, 1024)
+    got = GGUF_TYPES[name].to_block_weight(raw, 1024)
     assert np.array_equal(got.dequantize(), _dequantize(raw, name))
     assert got.codes.max() < 2**got.bits and got.scales.dtype == got.offsets.dtype == np.float32
 
 
-@pytest.mark.parametrize("name", sorted(GGUF_BLOCK_TYPES))
+@pytest.mark.parametrize("name", sorted(GGUF_TYPES))
 def test_block_sizes_match_gguf(name: str) -> None:
-    cls = GGUF_BLOCK_TYPES[name]
-    assert gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]] == (cls.block_size, cls.type_size)
-    assert cls.block_size % cls.sub_block_size == 0
+    fmt = GGUF_TYPES[name]
+    assert gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]] == (fmt.super_block, fmt.type_size)
+    assert fmt.super_block % fmt.block_size == 0
+
+
+@pytest.mark.parametrize("name", sorted(GGUF_TYPES))
+def test_registry_facts_hold_on_decoded_blocks(name: str) -> None:
+    """What a format declares (uniform zero point, scale and offset dtypes) is true of what it decodes."""
+    fmt = GGUF_TYPES[name]
+    w = fmt.to_block_weight(random_gguf_blocks(name, 16, 512, np.random.default_rng(4)), 512)
+    assert weight_format(name) is fmt and w.format is fmt
+    assert np.array_equal(w.scales.astype(fmt.scale_dtype).astype(np.float32), w.scales)
+    if fmt.zero_point is None:
+        assert np.array_equal(w.offsets.astype(fmt.offset_dtype).astype(np.float32), w.offsets)
+    else:
+        assert np.array_equal(w.offsets, -float(fmt.zero_point) * w.scales)
 
 
 def test_q6_k_test_encoder_is_close() -> None:
@@ -57,7 +74,7 @@ def test_q6_k_test_encoder_is_close() -> None:
 
 def _weight(name: str, n: int, k: int) -> BlockQuantWeight:
     w = np.random.default_rng(4).standard_normal((n, k)).astype(np.float32)
-    return GGUF_BLOCK_TYPES[name].to_block_weight(random_gguf_stand_in(name, w, np.random.default_rng(5)), k)
+    return GGUF_TYPES[name].to_block_weight(random_gguf_stand_in(name, w, np.random.default_rng(5)), k)
 
 
 def _inits(w: BlockQuantWeight) -> list[onnx.TensorProto]:
@@ -74,7 +91,7 @@ def _matmul_model(w: BlockQuantWeight) -> onnx.ModelProto:
                   op.op_type)
 
 
-@pytest.mark.parametrize("name", sorted(GGUF_BLOCK_TYPES))
+@pytest.mark.parametrize("name", sorted(GGUF_TYPES))
 def test_every_type_runs_through_body_and_lowering(name: str) -> None:
     """Sub-blocks of 16 (Q2_K, Q3_K, Q6_K) and 32 through the ops' ONNX bodies and the native kernels."""
     k = 512
@@ -84,7 +101,7 @@ def test_every_type_runs_through_body_and_lowering(name: str) -> None:
     ref = a @ w.dequantize().T
     np.testing.assert_allclose(_run(m, {"A": a}), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
     for fast, atol in ((False, 1e-5), (True, 0.03)):  # fast: int8 activations, close but not exact
-        lowered = lower(onnx.ModelProto.FromString(m.SerializeToString()), "CPUExecutionProvider", fast=fast)
+        lowered = lower(m, TARGETS["cpu"], fast=fast)
         assert not any(nd.domain == "edgekit" for nd in lowered.graph.node)
         np.testing.assert_allclose(_run(lowered, {"A": a}), ref, rtol=0, atol=atol * np.abs(ref).max())
 
@@ -97,10 +114,10 @@ def test_every_type_runs_through_body_and_lowering(name: str) -> None:
 
 
 @pytest.mark.parametrize("name,zero_point", [("Q3_K", 4), ("Q5_0", 16), ("Q6_K", 32)])
-def test_integer_offsets_lower_to_zero_points(name: str, zero_point: int) -> None:
+def test_integer_offsets_lower_to_zero_points(name: str, zero_point: int, tmp_path: Path) -> None:
     """Offsets of -z·scale become MatMulNBits zero points (no extra offset term; 8-bit ones in fast mode)."""
     w = _weight(name, 8, 256)
-    lowered = lower(_matmul_model(w), "CPUExecutionProvider", fast=True)
+    lowered = folded(lower(_matmul_model(w), TARGETS["cpu"], fast=True), tmp_path)
     (node,) = lowered.graph.node
     assert node.op_type == "MatMulNBits"
     zp = numpy_helper.to_array(next(t for t in lowered.graph.initializer if t.name == node.input[3]))
@@ -110,9 +127,9 @@ def test_integer_offsets_lower_to_zero_points(name: str, zero_point: int) -> Non
 
 def test_row_size_not_multiple_of_block_is_refused() -> None:
     with pytest.raises(ValueError, match="not a multiple of Q4_1 block size"):
-        GGUF_BLOCK_TYPES["Q4_1"].to_block_weight(np.zeros((2, 20), np.uint8), 40)
+        GGUF_TYPES["Q4_1"].to_block_weight(np.zeros((2, 20), np.uint8), 40)
     with pytest.raises(ValueError, match=r"not a multiple of Q4_K block size \(256\)"):
-        GGUF_BLOCK_TYPES["Q4_K"].to_block_weight(np.zeros((2, 144), np.uint8), 128)
+        GGUF_TYPES["Q4_K"].to_block_weight(np.zeros((2, 144), np.uint8), 128)
 
 
 @pytest.mark.slow

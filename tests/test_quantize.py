@@ -15,7 +15,8 @@ from edgekit.cli import main
 from edgekit.errors import EdgekitError
 from edgekit.recipe import Recipe
 from edgekit.exporters.pipeline import prepare, write_package
-from edgekit.exporters.quantize import CalibrationConfig, QuantConfig, WeightFormat
+from edgekit.exporters.quantize import CalibrationConfig, GridFormat, QuantConfig
+from edgekit.exporters.quantize.spec import embedding_format
 from edgekit.exporters.quantize.allocation import Unit, allocate
 from edgekit.exporters.quantize.gptq import gptq_quantize, output_error
 from edgekit.exporters.quantize.rtn import quantize_rtn
@@ -26,20 +27,20 @@ from edgekit.runtime import GenerationConfig, load
 RNG = np.random.default_rng(0)
 PROMPT = "The quick brown fox jumps over the lazy dog. 12345"
 FAST_CALIBRATION = CalibrationConfig(n_prompts=4, new_tokens=32)
-ALL_FORMATS = [WeightFormat(b, g, s) for b, g, s in [(2, 32, False), (3, 32, False), (3, 64, True), (4, 32, False),
+ALL_FORMATS = [GridFormat(b, g, s) for b, g, s in [(2, 32, False), (3, 32, False), (3, 64, True), (4, 32, False),
                                                      (4, 64, True), (8, 32, False), (8, 32, True)]]
 
 
 # -- formats -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", ALL_FORMATS, ids=lambda f: f.name)
-def test_format_names_round_trip(fmt: WeightFormat) -> None:
-    assert WeightFormat.parse(fmt.name) == fmt
+def test_format_names_round_trip(fmt: GridFormat) -> None:
+    assert GridFormat.parse(fmt.name) == fmt
 
 
 def test_format_name_options_fill_in() -> None:
-    assert WeightFormat.parse("int3", group_size=128, symmetric=True).name == "int3g128sym"
-    assert WeightFormat.parse("int2").for_embedding() == WeightFormat(8)
-    assert WeightFormat.parse("int4g32sym").for_embedding() == WeightFormat(8, 32, True)
+    assert GridFormat.parse("int3", group_size=128, symmetric=True).name == "int3g128sym"
+    assert embedding_format(GridFormat.parse("int2")) == GridFormat(8)
+    assert embedding_format(GridFormat.parse("int4g32sym")) == GridFormat(8, 32, True)
 
 
 @pytest.mark.parametrize("name,message", [("int5", "unknown weight format 'int5'"), ("fp4", "unknown weight format"),
@@ -47,12 +48,12 @@ def test_format_name_options_fill_in() -> None:
                                           ("int4g8", "unsupported group size 8")])
 def test_bad_format_names(name: str, message: str) -> None:
     with pytest.raises(EdgekitError, match=message):
-        WeightFormat.parse(name)
+        GridFormat.parse(name)
 
 
 # -- RTN and GPTQ ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", ALL_FORMATS, ids=lambda f: f.name)
-def test_rtn_codes_fit_and_error_is_within_half_a_step(fmt: WeightFormat) -> None:
+def test_rtn_codes_fit_and_error_is_within_half_a_step(fmt: GridFormat) -> None:
     w = RNG.standard_normal((16, 128)).astype(np.float32)
     q = quantize_rtn(w, fmt)
     assert q.codes.max() < 2**fmt.bits and q.source_format == fmt.name
@@ -69,7 +70,7 @@ def test_gptq_beats_rtn_on_layer_output_error() -> None:
     x = (RNG.standard_normal((t, k)) @ (0.4 * RNG.standard_normal((k, k)) + np.eye(k))).astype(np.float32)
     h = x.T.astype(np.float64) @ x / t
     w = RNG.standard_normal((n, k)).astype(np.float32)
-    for fmt in (WeightFormat(3, 32), WeightFormat(4, 32, symmetric=True)):
+    for fmt in (GridFormat(3, 32), GridFormat(4, 32, symmetric=True)):
         rtn = output_error(w, quantize_rtn(w, fmt), h)
         for act_order in (False, True):
             gptq = gptq_quantize(w, h, fmt, act_order=act_order)
@@ -95,16 +96,16 @@ def _export_and_compare(tmp_path: Path, src: Path, config: QuantConfig) -> dict:
 
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS, ids=lambda f: f.name)
-def test_rtn_package_matches_fake_quantized_torch(tmp_path: Path, tiny_hf: Path, fmt: WeightFormat) -> None:
+def test_rtn_package_matches_fake_quantized_torch(tmp_path: Path, tiny_hf: Path, fmt: GridFormat) -> None:
     recipe = _export_and_compare(tmp_path, tiny_hf, QuantConfig(fmt, "rtn"))
-    embed_format = fmt.for_embedding().name
+    embed_format = embedding_format(fmt).name
     assert recipe["method"] == "rtn" and recipe["bits"] == fmt.bits and recipe["group_size"] == fmt.group_size
     assert recipe["tensor_formats"]["embed"] == embed_format and recipe["tensor_formats"]["layers.1.down"] == fmt.name
     assert recipe["summary"] == ({fmt.name: 15} if embed_format == fmt.name else {fmt.name: 14, embed_format: 1})
 
 
-@pytest.mark.parametrize("fmt,act_order", [(WeightFormat(3, 32), False), (WeightFormat(2, 32, True), True)])
-def test_gptq_package_matches_fake_quantized_torch(tmp_path: Path, tiny_hf: Path, fmt: WeightFormat,
+@pytest.mark.parametrize("fmt,act_order", [(GridFormat(3, 32), False), (GridFormat(2, 32, True), True)])
+def test_gptq_package_matches_fake_quantized_torch(tmp_path: Path, tiny_hf: Path, fmt: GridFormat,
                                                    act_order: bool) -> None:
     recipe = _export_and_compare(tmp_path, tiny_hf, QuantConfig(fmt, "gptq", FAST_CALIBRATION, act_order))
     assert recipe["method"] == "gptq" and recipe["act_order"] == act_order
@@ -117,13 +118,13 @@ def test_untied_output_layer_and_calibration_file(tmp_path: Path) -> None:
     src = tiny_hf_model(tmp_path / "src", tied=False)
     calib = tmp_path / "calib.txt"
     calib.write_text("Calibration text about rivers, mountains and the sea, written plainly. " * 40)
-    config = QuantConfig(WeightFormat(4, 32), "gptq", CalibrationConfig(file=calib, seq_len=128))
+    config = QuantConfig(GridFormat(4, 32), "gptq", CalibrationConfig(file=calib, seq_len=128))
     recipe = _export_and_compare(tmp_path, src, config)
     assert recipe["tensor_formats"]["lm_head"] == "int8g32" and recipe["calibration"].startswith("calib.txt, ")
 
 
 def test_gguf_source_is_requantized(tmp_path: Path, tiny_gguf_file: Path) -> None:
-    recipe = _export_and_compare(tmp_path, tiny_gguf_file, QuantConfig(WeightFormat(3, 32), "rtn"))
+    recipe = _export_and_compare(tmp_path, tiny_gguf_file, QuantConfig(GridFormat(3, 32), "rtn"))
     assert recipe["summary"] == {"int3g32": 14, "int8g32": 1}
 
 
@@ -203,9 +204,10 @@ def test_plan_file_gives_each_tensor_its_first_matching_rule(tmp_path: Path, tin
     assert (f["layers.0.q"], f["layers.0.k"], f["layers.0.v"], f["layers.1.q"]) == \
         ("int2g64", "int2g64", "int3g32sym", "int4g32")
     assert f["embed"] == "int4g64" and recipe["bits"] is None and recipe["plan"] == "plan plan.yaml"
-    # q, k: 2-bit codes + 32 bits per 64 weights; v, o, gate, up: 3/3/3/3 (layer 0), 4 (layer 1) + 1 per weight
+    # q, k: 2-bit codes + 32 bits (scale, offset) per 64 weights; v: 3-bit codes + a scale per 32 (symmetric: no
+    # offset stored); the rest 4 or 8 bits + 1 per weight
     shapes = {"q": 64 * 64, "k": 32 * 64, "v": 32 * 64, "o": 64 * 64, "gate": 128 * 64, "up": 128 * 64, "down": 8192}
-    bits = {"int2g64": 2.5, "int3g32sym": 4, "int4g32": 5, "int8g32": 9}
+    bits = {"int2g64": 2.5, "int3g32sym": 3.5, "int4g32": 5, "int8g32": 9}
     total = sum(shapes[n.split(".")[2]] * bits[f[n]] for n in f if n.startswith("layers."))
     assert recipe["bits_per_weight"] == pytest.approx(total / (2 * sum(shapes.values())), abs=1e-4)
 
@@ -226,15 +228,15 @@ def test_bad_plan_files(tmp_path: Path, tiny_hf: Path, plan: str, message: str) 
 
 
 def _unit(name: str, n_weights: int, costs: dict[int, float]) -> Unit:
-    return Unit((name,), ((n_weights // 64, 64),), {WeightFormat(b, 64): c for b, c in costs.items()})
+    return Unit((name,), ((n_weights // 64, 64),), {GridFormat(b, 64): c for b, c in costs.items()})
 
 
 def test_allocation_spends_bits_where_they_buy_the_most() -> None:
     sensitive = _unit("a", 4096, {2: 9.0, 3: 4.0, 4: 1.0, 8: 0.0})
     robust = _unit("b", 4096, {2: 0.3, 3: 0.1, 4: 0.05, 8: 0.0})
     chosen = allocate([sensitive, robust], 3.5)
-    assert chosen == {("a",): WeightFormat(4, 64), ("b",): WeightFormat(2, 64)}  # 4.5 + 2.5 = 3.5 per weight
-    assert allocate([sensitive, robust], 8.5) == {("a",): WeightFormat(8, 64), ("b",): WeightFormat(8, 64)}
+    assert chosen == {("a",): GridFormat(4, 64), ("b",): GridFormat(2, 64)}  # 4.5 + 2.5 = 3.5 per weight
+    assert allocate([sensitive, robust], 8.5) == {("a",): GridFormat(8, 64), ("b",): GridFormat(8, 64)}
     with pytest.raises(EdgekitError, match="narrowest formats already take 2.50 bits per weight"):
         allocate([sensitive, robust], 2.2)
 
@@ -258,5 +260,5 @@ def test_two_bit_formats_are_a_last_resort(tmp_path: Path, tiny_hf: Path) -> Non
 
 
 def test_allocation_drops_formats_that_cost_more_bits_for_nothing() -> None:
-    unit = Unit(("a",), ((64, 256),), {WeightFormat(3, 128): 1.0, WeightFormat(3, 64): 1.2, WeightFormat(4, 64): 0.5})
-    assert allocate([unit], 3.6) == {("a",): WeightFormat(3, 128)}  # int3 g64: more bits, more cost: never chosen
+    unit = Unit(("a",), ((64, 256),), {GridFormat(3, 128): 1.0, GridFormat(3, 64): 1.2, GridFormat(4, 64): 0.5})
+    assert allocate([unit], 3.6) == {("a",): GridFormat(3, 128)}  # int3 g64: more bits, more cost: never chosen

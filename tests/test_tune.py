@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from edgekit.exporters.quantize import QuantConfig, WeightFormat
+from edgekit.exporters.quantize import QuantConfig, GridFormat
 from edgekit.exporters.quantize.rtn import quantize_rtn, rescale_groups
 from edgekit.exporters.quantize.sequential import torch_module, write_fake_quantized
 from edgekit.exporters.quantize.tune import float_teacher, norm_names, tune_scales
@@ -20,9 +20,9 @@ from edgekit.errors import EdgekitError
 RNG = np.random.default_rng(1)
 
 
-@pytest.mark.parametrize("fmt", [WeightFormat(4, 32), WeightFormat(3, 64, True), WeightFormat(2, 32),
-                                 WeightFormat(8, 32)], ids=lambda f: f.name)
-def test_rescaled_groups_stay_on_the_stored_grid(fmt: WeightFormat) -> None:
+@pytest.mark.parametrize("fmt", [GridFormat(4, 32), GridFormat(3, 64, True), GridFormat(2, 32),
+                                 GridFormat(8, 32)], ids=lambda f: f.name)
+def test_rescaled_groups_stay_on_the_stored_grid(fmt: GridFormat) -> None:
     q = quantize_rtn(RNG.standard_normal((8, 128)).astype(np.float32), fmt)
     factors = 1 + 0.02 * RNG.standard_normal(q.scales.shape)
     r = rescale_groups(q, factors)
@@ -44,7 +44,7 @@ def _kl(teacher: object, student: object, ids: np.ndarray) -> float:
 def test_tuning_lowers_the_distillation_loss(tiny_hf: Path) -> None:
     student = TorchReference(str(tiny_hf), "cpu").model
     teacher = float_teacher(student)
-    fmt = WeightFormat(2, 32)
+    fmt = GridFormat(2, 32)
     names = [f"layers.{i}.{p}" for i in range(len(student.model.layers)) for p in ("q", "k", "v", "o", "gate", "up",
                                                                                     "down")]
     quantized = {n: quantize_rtn(torch_module(student, n).weight.detach().numpy(), fmt) for n in names}
@@ -60,7 +60,7 @@ def test_tuning_lowers_the_distillation_loss(tiny_hf: Path) -> None:
 
 @pytest.mark.parametrize("method", ["rtn", "gptq"])
 def test_tuned_package_matches_the_torch_model(tmp_path: Path, tiny_hf: Path, method: str) -> None:
-    config = QuantConfig(WeightFormat(4, 32), method, FAST_CALIBRATION, tune_steps=4)
+    config = QuantConfig(GridFormat(4, 32), method, FAST_CALIBRATION, tune_steps=4)
     recipe = _export_and_compare(tmp_path, tiny_hf, config)
     assert recipe["method"] == method and recipe["tune_steps"] == 4
     assert recipe["calibration"].startswith("self-generated")
@@ -68,6 +68,6 @@ def test_tuned_package_matches_the_torch_model(tmp_path: Path, tiny_hf: Path, me
 
 def test_bad_tune_steps(tmp_path: Path, tiny_hf: Path) -> None:
     with pytest.raises(EdgekitError, match="--tune-steps must be 0 or more"):
-        QuantConfig(WeightFormat(4), tune_steps=-1)
+        QuantConfig(GridFormat(4), tune_steps=-1)
     code, err = _cli(["export", str(tiny_hf), "-o", str(tmp_path / "out"), "--tune-steps", "10"])
     assert code != 0 and "--tune-steps needs --weights" in err and not (tmp_path / "out").exists()

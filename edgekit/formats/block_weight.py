@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgekit.formats.base import BlockFormat, weight_format
 from edgekit.formats.packing import pad_to_blocks
 
 
@@ -37,6 +38,11 @@ class BlockQuantWeight:
             )
 
     ndim = 2
+
+    @property
+    def format(self) -> BlockFormat:
+        """The registry's entry for `source_format` (edgekit.formats.base)."""
+        return weight_format(self.source_format)
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -2,24 +2,30 @@
 
 Each op has a schema, a numpy reference kernel (what tests hold fast kernels to) and a
 standard-ONNX function body, so the weight ops need no edgekit code to run (the graph's attention
-and normalization use ONNX Runtime's com.microsoft kernels); edgekit's runtime replaces the nodes
-with native kernels at load time (see edgekit.runtime.lowering).
+and normalization use ONNX Runtime's com.microsoft kernels); the exporter lowers them to native kernels
+per target (edgekit.exporters.lowering).
+
+The op classes import `onnx`, which the device side does not need: they load on first use (PEP 562), so
+`edgekit.ops.names` (the op names a runtime knows) imports without it.
 """
 
-from edgekit.ops.base import DOMAIN, OPS, OPSET_IMPORTS, EdgekitOp, function_protos
-from edgekit.ops.gather_block_quant import GatherBlockQ4, GatherBlockQ8
-from edgekit.ops.matmul_block_quant import MatMulBlockQ2, MatMulBlockQ3, MatMulBlockQ4, MatMulBlockQ8
+from __future__ import annotations
 
-__all__ = [
-    "DOMAIN",
-    "OPS",
-    "OPSET_IMPORTS",
-    "EdgekitOp",
-    "GatherBlockQ4",
-    "GatherBlockQ8",
-    "MatMulBlockQ2",
-    "MatMulBlockQ3",
-    "MatMulBlockQ4",
-    "MatMulBlockQ8",
-    "function_protos",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DOMAIN": "base", "OPS": "base", "OPSET_IMPORTS": "base", "EdgekitOp": "base", "function_protos": "base",
+    "GatherBlockQ4": "gather_block_quant", "GatherBlockQ8": "gather_block_quant",
+    "MatMulBlockQ2": "matmul_block_quant", "MatMulBlockQ3": "matmul_block_quant",
+    "MatMulBlockQ4": "matmul_block_quant", "MatMulBlockQ8": "matmul_block_quant",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'edgekit.ops' has no attribute {name!r}")
+    for module in ("gather_block_quant", "matmul_block_quant"):  # every op registered before OPS is read
+        importlib.import_module(f"edgekit.ops.{module}")
+    return getattr(importlib.import_module(f"edgekit.ops.{_EXPORTS[name]}"), name)

@@ -11,7 +11,7 @@ attention with rotary embeddings and a gated MLP.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from edgekit.exporters.arch.names import LINEAR_KINDS, canonical_from_gguf, canonical_from_hf
 from edgekit.exporters.graph_builder import GraphBuilder
-from edgekit.exporters.rope import rope_cos_sin
+from edgekit.exporters.rope import inverse_frequencies
 from edgekit.exporters.weights import Weight, WeightSource
 
 from edgekit.errors import EdgekitError
@@ -31,7 +31,8 @@ ARCHITECTURES: dict[str, type[Architecture]] = {}
 # Sizes past these are not a real model of the kind edgekit exports: refuse them before anything is allocated.
 LIMITS = {"num_layers": 1024, "hidden_size": 1 << 16, "num_heads": 1024, "num_kv_heads": 1024, "head_dim": 1024,
           "intermediate_size": 1 << 18, "vocab_size": 1 << 22, "max_position_embeddings": 1 << 21}
-MAX_ROPE_TABLE = 1 << 17  # rotary table rows written into the graph (the KV cache length is capped at this)
+# Rotary table rows the graph computes; longer declared contexts are capped here (the KV cache never exceeds it).
+MAX_ROPE_TABLE = 1 << 17
 
 
 class Metadata:
@@ -134,6 +135,8 @@ class Architecture:
             value = getattr(config, name)
             if not 0 < value <= limit:
                 raise EdgekitError(f"{name} is {value}, expected 1 to {limit}", meta.path)
+        if config.max_position_embeddings > MAX_ROPE_TABLE:
+            config = replace(config, max_position_embeddings=MAX_ROPE_TABLE)
         if config.num_heads % config.num_kv_heads:
             raise EdgekitError(f"{config.num_heads} attention heads do not divide into {config.num_kv_heads} "
                                "key/value heads", meta.path)
@@ -191,8 +194,8 @@ class Architecture:
 
     def rope_tables(self, g: GraphBuilder) -> dict[str, tuple[str, str]]:
         """Named rotary tables (cos, sin initializers) the layers use: one, `global`, here."""
-        cos, sin = rope_cos_sin(self.config, min(self.config.max_position_embeddings, MAX_ROPE_TABLE))
-        return {"global": g.rope_tables("rope", cos, sin)}
+        c = self.config
+        return {"global": g.rope_tables("rope", inverse_frequencies(c), c.max_position_embeddings)}
 
     def embed(self, g: GraphBuilder, table: Weight) -> str:
         return g.embedding(table, "input_ids", "embeddings")

@@ -18,9 +18,9 @@ from typing import Any
 
 import gguf
 import numpy as np
-from edgekit.exporters.arch.base import MAX_ROPE_TABLE, Architecture, Metadata
+from edgekit.exporters.arch.base import Architecture, Metadata
 from edgekit.exporters.graph_builder import GraphBuilder
-from edgekit.exporters.rope import rope_cos_sin
+from edgekit.exporters.rope import inverse_frequencies
 from edgekit.exporters.weights import Weight, WeightSource
 
 from edgekit.errors import EdgekitError
@@ -143,14 +143,13 @@ class Gemma3(Architecture):
     def rope_tables(self, g: GraphBuilder) -> dict[str, tuple[str, str]]:
         """`global` (rope_theta, rope_scaling) and `local` (rope_local_base_freq, unscaled), each only if used."""
         c = self.config
-        length = min(c.max_position_embeddings, MAX_ROPE_TABLE)
         sliding = [self.is_sliding(i) for i in range(c.num_layers)]
         tables = {}
         if not all(sliding):
-            tables["global"] = g.rope_tables("rope", *rope_cos_sin(c, length))
+            tables["global"] = g.rope_tables("rope", inverse_frequencies(c), c.max_position_embeddings)
         if any(sliding):
             local = replace(c, rope_theta=c.rope_local_base_freq, rope_scaling=None)
-            tables["local"] = g.rope_tables("rope_local", *rope_cos_sin(local, length))
+            tables["local"] = g.rope_tables("rope_local", inverse_frequencies(local), c.max_position_embeddings)
         return tables
 
     def layer_window(self, i: int) -> int | None:

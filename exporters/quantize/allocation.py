@@ -7,22 +7,16 @@ bit-allocation methods (HAWQ, and the layer-wise orderings they follow). The all
 every unit at its widest format and repeatedly narrows the unit whose next step down costs the least
 KL per bit saved, until the budget holds; then it widens units again, best KL gained per bit spent,
 while they still fit. Its bits per weight count what the package stores: packed codes plus one
-float16 scale and one float16 offset per group (`stored_bits`).
+float16 scale per group and, for asymmetric formats, one float16 offset (BlockFormat.stored_bits).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgekit.exporters.quantize.spec import WeightFormat
+from edgekit.formats import GridFormat
 
 from edgekit.errors import EdgekitError
-
-
-def stored_bits(fmt: WeightFormat, n: int, k: int) -> int:
-    """Bits a [N, K] weight takes in the package in `fmt`: codes of whole (padded) groups + 2 x float16 per group."""
-    groups = -(-k // fmt.group_size)
-    return n * groups * (fmt.group_size * fmt.bits + 32)
 
 
 @dataclass(frozen=True)
@@ -31,19 +25,19 @@ class Unit:
 
     names: tuple[str, ...]
     shapes: tuple[tuple[int, int], ...]
-    costs: dict[WeightFormat, float]
+    costs: dict[GridFormat, float]
 
     @property
     def weights(self) -> int:
         return sum(n * k for n, k in self.shapes)
 
-    def bits(self, fmt: WeightFormat) -> int:
-        return sum(stored_bits(fmt, n, k) for n, k in self.shapes)
+    def bits(self, fmt: GridFormat) -> int:
+        return sum(fmt.stored_bits(n, k) for n, k in self.shapes)
 
 
-def _frontier(unit: Unit) -> list[WeightFormat]:
+def _frontier(unit: Unit) -> list[GridFormat]:
     """The unit's formats by stored bits, narrowest first, without any that a narrower one matches or beats."""
-    ladder: list[WeightFormat] = []
+    ladder: list[GridFormat] = []
     for fmt in sorted(unit.costs, key=lambda f: (unit.bits(f), unit.costs[f])):
         if not ladder or (unit.costs[fmt] < unit.costs[ladder[-1]] and unit.bits(fmt) > unit.bits(ladder[-1])):
             ladder.append(fmt)
@@ -51,7 +45,7 @@ def _frontier(unit: Unit) -> list[WeightFormat]:
 
 
 def allocate(units: list[Unit], target_bpw: float, fixed_bits: int = 0, fixed_weights: int = 0,
-             ) -> dict[tuple[str, ...], WeightFormat]:
+             ) -> dict[tuple[str, ...], GridFormat]:
     """The format of each unit so that all bits (units + `fixed_bits` over `fixed_weights` pinned weights) stay
     within target_bpw per weight at least total cost. Candidates: each unit's `costs` keys (those that cost less
 than every narrower one: formats that cost more bits and buy nothing are dropped)."""

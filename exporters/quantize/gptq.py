@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from edgekit.exporters.quantize.rtn import decode, encode, group_params, grouped, on_minimum_grid
-from edgekit.exporters.quantize.spec import WeightFormat
+from edgekit.formats import GridFormat
 
 from edgekit.formats import BlockQuantWeight
 
@@ -38,7 +38,7 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
     raise np.linalg.LinAlgError("Hessian is not positive definite even with strong dampening")
 
 
-def gptq_quantize(w: np.ndarray, hessian: np.ndarray, fmt: WeightFormat, act_order: bool = False,
+def gptq_quantize(w: np.ndarray, hessian: np.ndarray, fmt: GridFormat, act_order: bool = False,
                   damp: float = 0.01) -> BlockQuantWeight:
     """float32 W [N, K] and H [K, K] (XᵀX / T of the layer's inputs) -> BlockQuantWeight in `fmt`.
 
@@ -58,7 +58,7 @@ def gptq_quantize(w: np.ndarray, hessian: np.ndarray, fmt: WeightFormat, act_ord
         torch.set_num_threads(previous)
 
 
-def _gptq(w: np.ndarray, hessian: np.ndarray, fmt: WeightFormat, act_order: bool, damp: float) -> BlockQuantWeight:
+def _gptq(w: np.ndarray, hessian: np.ndarray, fmt: GridFormat, act_order: bool, damp: float) -> BlockQuantWeight:
     n, k = w.shape
     g = fmt.group_size
     block = max(BLOCK_COLUMNS // g, 1) * g  # whole groups per block: a group's columns are all up to date

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.exporters.quantize.spec import WeightFormat
+from edgekit.formats import GridFormat
 
 from edgekit.errors import EdgekitError
 
@@ -34,19 +34,19 @@ RULE_KEYS = {"match", "weights", "bits", "group_size", "symmetric"}
 @dataclass(frozen=True)
 class PlanRule:
     patterns: tuple[str, ...]
-    fmt: WeightFormat
+    fmt: GridFormat
 
 
 @dataclass(frozen=True)
 class PlanFile:
     path: Path
     rules: tuple[PlanRule, ...]
-    default: WeightFormat | None
+    default: GridFormat | None
 
-    def matched(self, names: list[str]) -> dict[str, WeightFormat]:
+    def matched(self, names: list[str]) -> dict[str, GridFormat]:
         """Canonical name -> format for the `names` some rule matches (the first that does). A rule matching none
         of `names` is an error."""
-        out: dict[str, WeightFormat] = {}
+        out: dict[str, GridFormat] = {}
         used: set[int] = set()
         for name in names:
             for i, rule in enumerate(self.rules):
@@ -61,13 +61,13 @@ class PlanFile:
         return out
 
 
-def _parse(name: str, group_size: int | None, fallback_group: int | None, symmetric: bool) -> WeightFormat:
+def _parse(name: str, group_size: int | None, fallback_group: int | None, symmetric: bool) -> GridFormat:
     """A format name; a group size in the name or the rule wins over the export's --group-size."""
     explicit = group_size if group_size is not None else (None if re.search(r"g\d+", name) else fallback_group)
-    return WeightFormat.parse(name, explicit, symmetric)
+    return GridFormat.parse(name, explicit, symmetric)
 
 
-def _rule_format(rule: dict[str, Any], where: str, group_size: int | None) -> WeightFormat:
+def _rule_format(rule: dict[str, Any], where: str, group_size: int | None) -> GridFormat:
     if "weights" in rule and "bits" in rule:
         raise EdgekitError(f"{where}: give `weights` or `bits`, not both")
     if "weights" not in rule and "bits" not in rule:

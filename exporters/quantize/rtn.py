@@ -9,7 +9,7 @@ Scales and offsets are rounded to float16 before the codes are chosen, so the pa
 from __future__ import annotations
 
 import numpy as np
-from edgekit.exporters.quantize.spec import WeightFormat
+from edgekit.formats import GridFormat
 
 from edgekit.formats import BlockQuantWeight
 
@@ -36,7 +36,7 @@ def significant_bits(z: np.ndarray) -> np.ndarray:
     return np.where(z > 0, np.floor(np.log2(np.maximum(odd, 1))) + 1, 0).astype(np.int64)
 
 
-def group_params(groups: np.ndarray, fmt: WeightFormat, zero_point: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def group_params(groups: np.ndarray, fmt: GridFormat, zero_point: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """float32 groups [..., G] -> (scales, offsets) float32 [...].
 
     Asymmetric, 2-4 bits: the codes span [min(w, 0), max(w, 0)] and the offset is an integer zero point,
@@ -92,7 +92,7 @@ def grouped(w: np.ndarray, group_size: int) -> np.ndarray:
     return padded.reshape(w.shape[0], -1, group_size)
 
 
-def _rtn(w: np.ndarray, fmt: WeightFormat, zero_point: bool) -> BlockQuantWeight:
+def _rtn(w: np.ndarray, fmt: GridFormat, zero_point: bool) -> BlockQuantWeight:
     n, k = w.shape
     groups = grouped(w, fmt.group_size)
     scales, offsets = group_params(groups, fmt, zero_point)
@@ -100,7 +100,7 @@ def _rtn(w: np.ndarray, fmt: WeightFormat, zero_point: bool) -> BlockQuantWeight
     return BlockQuantWeight(np.ascontiguousarray(codes), scales, offsets, fmt.bits, fmt.group_size, fmt.name)
 
 
-def on_minimum_grid(w: np.ndarray, fmt: WeightFormat) -> BlockQuantWeight | None:
+def on_minimum_grid(w: np.ndarray, fmt: GridFormat) -> BlockQuantWeight | None:
     """The weight quantized with free group minimums when that (nearly) reproduces it, else None.
 
     Weights that already lie on such a grid (SmolLM2's Q4_1 at int4 g32) are then kept losslessly: their
@@ -113,7 +113,7 @@ def on_minimum_grid(w: np.ndarray, fmt: WeightFormat) -> BlockQuantWeight | None
     return free if free_err <= 0.01 * zero_err else None
 
 
-def quantize_rtn(w: np.ndarray, fmt: WeightFormat) -> BlockQuantWeight:
+def quantize_rtn(w: np.ndarray, fmt: GridFormat) -> BlockQuantWeight:
     """float32 [N, K] -> BlockQuantWeight with `fmt`'s bits and group size (a short last group where G ∤ K)."""
     return on_minimum_grid(w, fmt) or _rtn(w.astype(np.float32), fmt, zero_point=True)
 

@@ -24,7 +24,7 @@ from edgekit.exporters.quantize.sequential import (
     run_layer,
     torch_module,
 )
-from edgekit.exporters.quantize.spec import WeightFormat
+from edgekit.formats import GridFormat
 
 from edgekit.progress import progress
 
@@ -38,7 +38,7 @@ def _log_probs(model: object, hidden: object) -> object:
 
 
 def measure_units(model: object, windows: np.ndarray, units: list[tuple[str, ...]],
-                  candidates: list[WeightFormat]) -> list[Unit]:
+                  candidates: list[GridFormat]) -> list[Unit]:
     """Each unit with its [N, K] shapes and its KL cost per candidate format (RTN), on ≤ MAX_TOKENS tokens."""
     import torch
 

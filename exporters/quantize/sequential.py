@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from edgekit.exporters.quantize.spec import WeightFormat
+from edgekit.formats import GridFormat
 
 from edgekit.formats import BlockQuantWeight
 from edgekit.progress import progress
@@ -23,7 +23,7 @@ from edgekit.progress import progress
 # Projections that read one input, quantized as one stacked matrix with one Hessian.
 SHARED_INPUT_GROUPS = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
 
-QuantizeFn = Callable[[WeightFormat, np.ndarray, np.ndarray], BlockQuantWeight]
+QuantizeFn = Callable[[GridFormat, np.ndarray, np.ndarray], BlockQuantWeight]
 
 
 class _InputHessian:
@@ -110,7 +110,7 @@ def write_fake_quantized(model: object, weights: dict[str, BlockQuantWeight | np
             _set_weight(torch_module(model, name), w)
 
 
-def gptq_model(model: object, windows: np.ndarray, formats: dict[str, WeightFormat], quantize: QuantizeFn,
+def gptq_model(model: object, windows: np.ndarray, formats: dict[str, GridFormat], quantize: QuantizeFn,
                ) -> dict[str, BlockQuantWeight]:
     """Quantize every projection of `model` (a transformers causal LM, float32, modified in place: it ends up
     holding the fake-quantized weights) in its format from `formats` (canonical name -> format) and, when

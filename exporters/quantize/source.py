@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgekit.exporters.quantize.allocation import allocate, stored_bits
+from edgekit.exporters.quantize.allocation import allocate
 from edgekit.exporters.quantize.calibration import calibration_windows, file_windows
 from edgekit.exporters.quantize.plan import load_plan
 from edgekit.exporters.quantize.rtn import quantize_rtn
-from edgekit.exporters.quantize.spec import HEAD_BITS, QuantConfig, WeightFormat
+from edgekit.exporters.quantize.spec import HEAD_BITS, QuantConfig, embedding_format
+from edgekit.formats import GridFormat
 from edgekit.exporters.weights import LINEAR_NAMES, Weight
 from tokenizers import Tokenizer
 
@@ -65,7 +66,7 @@ def tensor_names(source: Any) -> list[str]:
     return head + [f"layers.{i}.{n}" for i in range(source.config.num_layers) for n in LINEAR_NAMES]
 
 
-def planned_formats(source: Any, config: QuantConfig) -> tuple[dict[str, WeightFormat], set[str]]:
+def planned_formats(source: Any, config: QuantConfig) -> tuple[dict[str, GridFormat], set[str]]:
     """The formats --weights and --plan give (name -> format), and the names the plan's rules pinned.
 
     Projections take --weights (or the plan's `default:`), the embedding and output layer its 8-bit
@@ -73,14 +74,14 @@ def planned_formats(source: Any, config: QuantConfig) -> tuple[dict[str, WeightF
     names = tensor_names(source)
     rules = load_plan(config.plan, config.group_size) if config.plan is not None else None
     default = config.weights or (rules.default if rules else None)
-    head = (default or WeightFormat(HEAD_BITS, config.group_size, config.symmetric)).for_embedding()
+    head = embedding_format(default or GridFormat(HEAD_BITS, config.group_size, config.symmetric))
     formats = {name: head if not name.startswith("layers.") else default for name in names}
     pinned = rules.matched(names) if rules else {}
     formats.update(pinned)
     return {n: f for n, f in formats.items() if f is not None}, set(pinned)
 
 
-def check_widths(source: Any, plan: dict[str, WeightFormat]) -> None:
+def check_widths(source: Any, plan: dict[str, GridFormat]) -> None:
     """Every tensor's row size K must hold at least one group: fail on the first that does not, before any work."""
     c = source.config
     widths = {"q": c.hidden_size, "k": c.hidden_size, "v": c.hidden_size, "gate": c.hidden_size,
@@ -101,8 +102,8 @@ def _load_torch_model(source: Any) -> Any:
     return TorchReference(str(source.path), "cpu").model
 
 
-def _fill_by_budget(model: Any, windows: np.ndarray, source: Any, formats: dict[str, WeightFormat],
-                    pinned: set[str], config: QuantConfig) -> dict[str, WeightFormat]:
+def _fill_by_budget(model: Any, windows: np.ndarray, source: Any, formats: dict[str, GridFormat],
+                    pinned: set[str], config: QuantConfig) -> dict[str, GridFormat]:
     """--target-bpw: formats for the projections that no rule pinned, from measured sensitivity. 2-bit formats
     only when the budget cannot be met with 3 bits and more."""
     from edgekit.exporters.quantize.sensitivity import layer_units, measure_units
@@ -110,7 +111,7 @@ def _fill_by_budget(model: Any, windows: np.ndarray, source: Any, formats: dict[
     free = [u for u in layer_units(source.config.num_layers) if not pinned & set(u)]
     fixed = [n for n in formats if n.startswith("layers.") and n in pinned]
     shapes = {n: float_weight(source, n).shape for n in fixed}
-    fixed_bits, fixed_weights = sum(stored_bits(formats[n], *shapes[n]) for n in fixed), sum(
+    fixed_bits, fixed_weights = sum(formats[n].stored_bits(*shapes[n]) for n in fixed), sum(
         a * b for a, b in shapes.values())
     c = source.config
     narrowest = min(c.hidden_size, c.num_heads * c.head_dim, *(c.layer_intermediate_sizes or [c.intermediate_size]))
@@ -127,7 +128,7 @@ def _fill_by_budget(model: Any, windows: np.ndarray, source: Any, formats: dict[
 def bits_per_weight(quantized: dict[str, BlockQuantWeight], names: list[str]) -> float:
     """What the package stores for `names` (codes of whole groups, float16 scales and offsets), per weight."""
     weights = [quantized[n] for n in names]
-    bits = sum(stored_bits(WeightFormat(w.bits, w.block_size), *w.shape) for w in weights)
+    bits = sum(w.format.stored_bits(*w.shape) for w in weights)
     return bits / sum(w.shape[0] * w.shape[1] for w in weights)
 
 
@@ -180,7 +181,7 @@ def quantize_source(source: Any, config: QuantConfig, tokenizer: Tokenizer) -> Q
             from edgekit.exporters.quantize.gptq import gptq_quantize  # torch: only for the data-aware method
             from edgekit.exporters.quantize.sequential import gptq_model
 
-            def gptq(fmt: WeightFormat, w: np.ndarray, h: np.ndarray) -> BlockQuantWeight:
+            def gptq(fmt: GridFormat, w: np.ndarray, h: np.ndarray) -> BlockQuantWeight:
                 return gptq_quantize(w, h, fmt, act_order=config.act_order, damp=config.damp)
 
             quantized = gptq_model(model, windows, formats, gptq)

@@ -1,21 +1,13 @@
-"""What to quantize to: weight format names (`int4g128`, `int3g64sym`) and the options of one export.
-
-A format name is the one string that travels everywhere: the `--weights` option, a weight's
-`source_format`, the manifest's per-tensor formats (and, later, plan files). Parsing it is the one
-place that says which bit widths and group sizes exist.
-"""
+"""What to quantize to: the options of one export (formats are edgekit.formats.grid's `int4g128`, `int3g64sym`)."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
+from edgekit.formats.grid import DEFAULT_GROUP_SIZE, GridFormat
 
-SUPPORTED_BITS = (2, 3, 4, 8)
-DEFAULT_GROUP_SIZE = 64
-GROUP_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits' block sizes
 MIN_TARGET_BPW, MAX_TARGET_BPW = 2.0, 8.5
 METHODS = ("rtn", "gptq")
 # The embedding (and a tied output layer, which is the same table) gets 8 bits unless a plan says otherwise,
@@ -26,56 +18,10 @@ HEAD_BITS = 8
 # 576, a short last group) and at 151 with int8 g64, which also stores fewer bits (no padding) (measured).
 HEAD_MAX_GROUP = 64
 
-_NAME = re.compile(r"^int(\d+)(?:g(\d+))?(sym)?$")
-
-
-@dataclass(frozen=True)
-class WeightFormat:
-    """Group-wise integer weights: `bits`-bit unsigned codes, one scale and offset per `group_size` along K.
-
-    Asymmetric: offset = the group's minimum (rounded to float16). Symmetric: offset = -2^(bits-1)·scale,
-    a zero point in the middle of the code range.
-    """
-
-    bits: int
-    group_size: int = DEFAULT_GROUP_SIZE
-    symmetric: bool = False
-
-    def __post_init__(self) -> None:
-        if self.bits not in SUPPORTED_BITS:
-            raise EdgekitError(f"unsupported bit width {self.bits} (supported: {', '.join(map(str, SUPPORTED_BITS))})")
-        if self.group_size not in GROUP_SIZES:
-            raise EdgekitError(f"unsupported group size {self.group_size} (supported: "
-                               f"{', '.join(map(str, GROUP_SIZES))}: MatMulNBits' block sizes)")
-
-    @property
-    def name(self) -> str:
-        return f"int{self.bits}g{self.group_size}{'sym' if self.symmetric else ''}"
-
-    @classmethod
-    def parse(cls, name: str, group_size: int | None = None, symmetric: bool = False) -> WeightFormat:
-        """`int4`, `int4g128` or `int4g128sym`; `group_size`/`symmetric` fill in what the name leaves out."""
-        m = _NAME.match(name.strip().lower())
-        if m is None or int(m.group(1)) not in SUPPORTED_BITS:
-            bits = ", ".join(f"int{b}" for b in SUPPORTED_BITS)
-            raise EdgekitError(f"unknown weight format {name!r} (supported: {bits}, optionally with a group size "
-                               "and 'sym', e.g. int4g128sym)")
-        if m.group(2) and group_size is not None and int(m.group(2)) != group_size:
-            raise EdgekitError(f"weight format {name!r} and --group-size {group_size} disagree")
-        group = int(m.group(2)) if m.group(2) else (group_size or DEFAULT_GROUP_SIZE)
-        return cls(int(m.group(1)), group, symmetric or bool(m.group(3)))
-
-    def for_embedding(self) -> WeightFormat:
-        """The default format of the embedding and of a tied or separate output layer: 8 bits, groups of at most
-        HEAD_MAX_GROUP."""
-        return WeightFormat(HEAD_BITS, min(self.group_size, HEAD_MAX_GROUP), self.symmetric)
-
-    def check_width(self, tensor: str, k: int) -> None:
-        """A one-line error naming the tensor when its rows are narrower than one group. (A width that is not a
-        multiple of the group size is fine: its last group is short, as MatMulNBits allows.)"""
-        if k < self.group_size:
-            raise EdgekitError(f"tensor {tensor}: row size {k} is smaller than the group size {self.group_size} "
-                               f"(choose a --group-size of at most {k})")
+def embedding_format(fmt: GridFormat) -> GridFormat:
+    """The default format of the embedding and of a tied or separate output layer: 8 bits, groups of at most
+    HEAD_MAX_GROUP."""
+    return GridFormat(HEAD_BITS, min(fmt.group_size, HEAD_MAX_GROUP), fmt.symmetric)
 
 
 @dataclass(frozen=True)
@@ -98,7 +44,7 @@ class QuantConfig:
     """One export's quantization: the formats (one for every projection, a plan file's rules, a bit budget, or
     a mix of these), the method, and GPTQ's options."""
 
-    weights: WeightFormat | None
+    weights: GridFormat | None
     method: str = "rtn"
     calibration: CalibrationConfig = CalibrationConfig()
     act_order: bool = True  # SmolLM2-135M int4g64: perplexity 18.35 with, 20.39 without (2048 tokens, fp32 15.24)
@@ -126,15 +72,15 @@ class QuantConfig:
         if self.target_bpw is not None and not MIN_TARGET_BPW <= self.target_bpw <= MAX_TARGET_BPW:
             raise EdgekitError(f"--target-bpw {self.target_bpw} is out of range ({MIN_TARGET_BPW} to {MAX_TARGET_BPW})")
 
-    def candidates(self) -> list[WeightFormat]:
+    def candidates(self) -> list[GridFormat]:
         """--target-bpw's choices for each projection: 3 bits at every group size (the group size is the finest
         step in bits per weight), 4 bits at 64 and 128, 8 bits at the export's group size."""
         formats = [(3, g) for g in (32, 64, 128, 256)] + [(4, 64), (4, 128), (8, self.group_size)]
-        return [WeightFormat(b, g, self.symmetric) for b, g in formats]
+        return [GridFormat(b, g, self.symmetric) for b, g in formats]
 
-    def last_resort(self) -> list[WeightFormat]:
+    def last_resort(self) -> list[GridFormat]:
         """2-bit formats, for budgets below what 3 bits take."""
-        return [WeightFormat(2, g, self.symmetric) for g in (64, 128, 256)]
+        return [GridFormat(2, g, self.symmetric) for g in (64, 128, 256)]
 
 
 def quant_config_from_options(weights: str | None, group_size: int | None = None, symmetric: bool = False,
@@ -150,9 +96,9 @@ def quant_config_from_options(weights: str | None, group_size: int | None = None
         if given:
             raise EdgekitError(f"{given[0]} needs --weights, --plan or --target-bpw")
         return None
-    fmt = WeightFormat.parse(weights, group_size, symmetric) if weights else None
+    fmt = GridFormat.parse(weights, group_size, symmetric) if weights else None
     group = fmt.group_size if fmt else (group_size or DEFAULT_GROUP_SIZE)
-    WeightFormat(4, group)  # checks the group size
+    GridFormat(4, group)  # checks the group size
     return QuantConfig(fmt, method or "rtn", CalibrationConfig(file=Path(calib) if calib else None),
                        True if act_order is None else act_order, plan=Path(plan) if plan else None,
                        target_bpw=target_bpw, group_size=group, symmetric=fmt.symmetric if fmt else symmetric,

@@ -1,4 +1,4 @@
-"""GGUF block types re-laid into BlockQuantWeight, bit for bit.
+"""GGUF block types as members of the format registry, re-laid into BlockQuantWeight bit for bit.
 
 One class per GGUF type, registered by name (the shape of gguf-py's quants.py). Each turns the raw
 bytes of a tensor, uint8 [N, row_bytes], into unsigned codes and float32 per-sub-block scale and
@@ -14,42 +14,42 @@ from typing import ClassVar
 
 import numpy as np
 
-from edgekit.formats import BlockQuantWeight
+from edgekit.formats.base import FORMATS, BlockFormat
+from edgekit.formats.block_weight import BlockQuantWeight
 
-GGUF_BLOCK_TYPES: dict[str, type[GGUFBlockType]] = {}
 QK_K = 256  # elements in a K-quant super-block
 
 
-class GGUFBlockType:
-    """A GGUF block codec: `block_size` elements in `type_size` bytes, one scale/offset per `sub_block_size`."""
+class GGUFBlockType(BlockFormat):
+    """A GGUF block codec: `super_block` elements in `type_size` bytes, one scale/offset per `block_size`.
 
-    name: ClassVar[str] = ""
-    block_size: ClassVar[int] = 32
-    sub_block_size: ClassVar[int] = 32
+    Defining a subclass registers it in the format registry under its GGUF type name."""
+
+    super_block: ClassVar[int] = 32
     type_size: ClassVar[int] = 0
-    bits: ClassVar[int] = 0
+    block_size = 32
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
-        GGUF_BLOCK_TYPES[cls.name] = cls
+        FORMATS[cls.name] = cls()
 
     @classmethod
     def to_block_weight(cls, raw: np.ndarray, n_cols: int) -> BlockQuantWeight:
-        """raw uint8 [N, n_cols / block_size * type_size] -> BlockQuantWeight [N, n_cols]."""
+        """raw uint8 [N, n_cols / super_block * type_size] -> BlockQuantWeight [N, n_cols]."""
         n = raw.shape[0]
-        if n_cols % cls.block_size:
-            raise ValueError(f"row size ({n_cols}) is not a multiple of {cls.name} block size ({cls.block_size})")
-        nb = n_cols // cls.block_size
+        if n_cols % cls.super_block:
+            raise ValueError(f"row size ({n_cols}) is not a multiple of {cls.name} block size ({cls.super_block})")
+        nb = n_cols // cls.super_block
         if raw.shape[1] != nb * cls.type_size:
             raise ValueError(f"{cls.name} row has {raw.shape[1]} bytes, expected {nb * cls.type_size}")
         codes, scales, offsets = cls.split_blocks(raw.reshape(n, nb, cls.type_size))
         return BlockQuantWeight(codes.reshape(n, n_cols), scales.reshape(n, -1), offsets.reshape(n, -1), cls.bits,
-                                cls.sub_block_size, cls.name)
+                                cls.block_size, cls.name)
 
     @classmethod
     def split_blocks(cls, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """blocks uint8 [N, nb, type_size] -> codes uint8 [N, nb, block_size] and float32 scales, offsets
-        [N, nb, block_size // sub_block_size]."""
+        """blocks uint8 [N, nb, type_size] -> codes uint8 [N, nb, super_block] and float32 scales, offsets
+        [N, nb, super_block // block_size]."""
         raise NotImplementedError
 
 
@@ -94,6 +94,7 @@ class Q4_0(GGUFBlockType):
     name = "Q4_0"
     type_size = 18
     bits = 4
+    zero_point = 8
 
     @classmethod
     def split_blocks(cls, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -127,6 +128,7 @@ class Q5_0(GGUFBlockType):
     name = "Q5_0"
     type_size = 22
     bits = 8
+    zero_point = 16
 
     @classmethod
     def split_blocks(cls, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -154,6 +156,7 @@ class Q8_0(GGUFBlockType):
     name = "Q8_0"
     type_size = 34
     bits = 8
+    zero_point = 128
 
     @classmethod
     def split_blocks(cls, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -168,10 +171,11 @@ class Q2_K(GGUFBlockType):
     """w = (d * sc) * q - (dmin * m) per 16 elements, q 2-bit, sc/m 4-bit: scale d*sc, offset -(dmin*m)."""
 
     name = "Q2_K"
-    block_size = QK_K
-    sub_block_size = 16
+    super_block = QK_K
+    block_size = 16
     type_size = 84
     bits = 4
+    scale_dtype = offset_dtype = np.float32  # d * sc and dmin * m
 
     @classmethod
     def split_blocks(cls, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -184,10 +188,12 @@ class Q3_K(GGUFBlockType):
     """w = (d * sc) * q per 16 elements, q in [-4, 3], sc 6-bit signed: code q + 4, offset -4 * (d*sc)."""
 
     name = "Q3_K"
-    block_size = QK_K
-    sub_block_size = 16
+    super_block = QK_K
+    block_size = 16
     type_size = 110
     bits = 4
+    zero_point = 4
+    scale_dtype = np.float32  # d * sc: up to 17 significant bits
 
     @classmethod
     def split_blocks(cls, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -218,9 +224,10 @@ class Q4_K(GGUFBlockType):
     """w = (d * sc) * q - (dmin * m) per 32 elements, q 4-bit, sc/m 6-bit."""
 
     name = "Q4_K"
-    block_size = QK_K
+    super_block = QK_K
     type_size = 144
     bits = 4
+    scale_dtype = offset_dtype = np.float32  # d * sc and dmin * m
 
     @classmethod
     def split_blocks(cls, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -232,9 +239,10 @@ class Q5_K(GGUFBlockType):
     """Q4_K with a fifth code bit from qh: 5-bit codes stored as 8-bit."""
 
     name = "Q5_K"
-    block_size = QK_K
+    super_block = QK_K
     type_size = 176
     bits = 8
+    scale_dtype = offset_dtype = np.float32  # d * sc and dmin * m
 
     @classmethod
     def split_blocks(cls, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -247,10 +255,12 @@ class Q6_K(GGUFBlockType):
     """w = (d * sc) * (q - 32) per 16 elements, q 6-bit, sc int8: 8-bit code q, offset -32 * (d*sc)."""
 
     name = "Q6_K"
-    block_size = QK_K
-    sub_block_size = 16
+    super_block = QK_K
+    block_size = 16
     type_size = 210
     bits = 8
+    zero_point = 32
+    scale_dtype = np.float32  # d * sc
 
     @classmethod
     def split_blocks(cls, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -258,3 +268,7 @@ class Q6_K(GGUFBlockType):
         codes = _chunked_bit_fields(ql, 64, 4) | (_chunked_bit_fields(qh, 32, 2) << np.uint8(4))
         scale = _sub_scales(_f16(d), sc.view(np.int8))
         return codes, scale, -32.0 * scale
+
+
+# The GGUF members of the registry, by GGUF type name (what a GGUF file's tensor table names).
+GGUF_TYPES: dict[str, GGUFBlockType] = {n: f for n, f in FORMATS.items() if isinstance(f, GGUFBlockType)}

@@ -1,0 +1,53 @@
+"""Targets: where a package's graph runs, and which graph of the package each one reads.
+
+A package always holds the portable graph (edgekit ops with their standard-ONNX function bodies: any
+ONNX runtime runs it). `edgekit export --target` adds graphs lowered once, at export, to the native
+kernels of an execution provider, so the device loads a ready graph with onnxruntime alone. A target
+may have a fast variant (int8 activations, opt-in at run time). The exporter's rules per target live in
+edgekit.exporters.lowering; this module is what both sides share: names, providers, graph files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgekit.errors import EdgekitError
+
+
+@dataclass(frozen=True)
+class Target:
+    """name: the `--target` value; provider: the onnxruntime execution provider it is lowered for (None: any);
+    native_ops: the com.microsoft kernels its graph may use; fast_variant: whether a second graph with int8
+    activations is written beside the exact one; static_shapes: fixed sequence and cache lengths (NPUs)."""
+
+    name: str
+    provider: str | None
+    native_ops: frozenset[str] = frozenset()
+    fast_variant: bool = False
+    static_shapes: bool = False
+
+    def graph_file(self, fast: bool = False) -> str:
+        return "model.onnx" if self.provider is None else f"model.{self.name}{'-fast' if fast else ''}.onnx"
+
+
+_NBITS = frozenset({"MatMulNBits", "GroupQueryAttention", "SkipSimplifiedLayerNormalization"})
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("portable", None),
+    Target("cpu", "CPUExecutionProvider", _NBITS, fast_variant=True),
+    Target("cuda", "CUDAExecutionProvider", _NBITS, fast_variant=True),
+)}
+DEFAULT_TARGETS = ("cpu",)
+
+
+def target(name: str) -> Target:
+    if name not in TARGETS:
+        raise EdgekitError(f"unknown target {name!r} (supported: {', '.join(TARGETS)})")
+    return TARGETS[name]
+
+
+def target_for_provider(provider: str) -> Target:
+    """The lowered target an execution provider runs best, or the portable graph when none is lowered for it."""
+    for t in TARGETS.values():
+        if t.provider == provider:
+            return t
+    return TARGETS["portable"]
