@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -15,16 +16,38 @@ from edgekit.errors import EdgekitError
 DEVICES = click.Choice(["cpu", "cuda", "qnn", "openvino", "auto"])
 
 
+class Interrupted(BaseException):
+    """SIGTERM, raised where the process is, so cleanup (an export's temporary folder) runs as for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input ends in one line on stderr and exit status 2, never a traceback."""
+    """Bad input ends in one line on stderr and exit status 2, never a traceback; an interrupted command exits
+    130 (Ctrl-C) or 143 (SIGTERM) after its cleanup ran."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
         try:
             return fn(*args, **kwargs)
         except EdgekitError as exc:
             click.echo(f"edgekit: error: {exc}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("edgekit: interrupted", err=True)
+            sys.exit(128 + signal.SIGINT)
+        except Interrupted as exc:
+            click.echo(f"edgekit: interrupted ({signal.Signals(exc.signum).name})", err=True)
+            sys.exit(128 + exc.signum)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 
@@ -182,3 +205,7 @@ def bench(pkg: str, prompt_lengths: str, new_tokens: int, rounds: int, device: s
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
     if report.budget_failures:
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

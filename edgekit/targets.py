@@ -23,6 +23,8 @@ class Target:
     name: str
     provider: str | None
     native_ops: frozenset[str] = frozenset()
+    lowers: frozenset[str] = frozenset()  # edgekit op types it has a rule for (edgekit.exporters.lowering)
+    native_bits: frozenset[int] = frozenset()  # MatMulNBits code widths its kernels take as stored
     fast_variant: bool = False
     static_shapes: bool = False
 
@@ -31,10 +33,14 @@ class Target:
 
 
 _NBITS = frozenset({"MatMulNBits", "GroupQueryAttention", "SkipSimplifiedLayerNormalization"})
+# MatMulBlock ops become MatMulNBits; gathers keep their function body (it touches only the gathered rows).
+_NBITS_RULES = frozenset({"MatMulBlockQ2", "MatMulBlockQ3", "MatMulBlockQ4", "MatMulBlockQ8", "GatherBlockQ4",
+                          "GatherBlockQ8"})
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("portable", None),
-    Target("cpu", "CPUExecutionProvider", _NBITS, fast_variant=True),
-    Target("cuda", "CUDAExecutionProvider", _NBITS, fast_variant=True),
+    # The CPU kernels take 2-, 4- and 8-bit codes; int8 activations (accuracy_level 4) are a CPU feature.
+    Target("cpu", "CPUExecutionProvider", _NBITS, _NBITS_RULES, frozenset({2, 4, 8}), fast_variant=True),
+    Target("cuda", "CUDAExecutionProvider", _NBITS, _NBITS_RULES, frozenset({4})),
 )}
 DEFAULT_TARGETS = ("cpu",)
 

@@ -11,9 +11,10 @@ Rules for MatMulNBits targets (CPU, CUDA), per edgekit op:
   block (Q4_0: 8, Q3_K: 4, edgekit's integer zero points) becomes zero point z; any other offset (Q4_1's,
   Q4_K's and Q2_K's minimums) is added exactly as a second term: y += Σ_b offset[n, b] · Σ_{k in b} x[k], one
   small MatMul over the block sums of x (shared by every projection reading the same x).
-- MatMulBlockQ8 -> the 8-bit codes split into two 4-bit halves for the fast 4-bit kernel (exact; MatMulNBits'
-  8-bit kernel without int8 activations is slow), or, in the fast variant when the offsets are integer zero
-  points (Q8_0, Q5_0, Q6_K), MatMulNBits 8-bit with int8 activations.
+- MatMulBlockQ8 -> the 8-bit codes read as pairs of 4-bit codes by the fast 4-bit kernel over an interleaved
+  input (exact, no weight byte moved: `matmul_nibbles8`; MatMulNBits' 8-bit kernel without int8 activations is
+  slow), or, in the fast variant, MatMulNBits 8-bit with int8 activations (free offsets through the block-offset
+  term).
 - MatMulBlockQ2 / MatMulBlockQ3 -> codes widened to 4 bits (MatMulNBits has no 3-bit kernel, and its 2-bit
   kernel without int8 activations is ~30x slower than the 4-bit one, measured); in the fast variant 2-bit codes
   go to MatMulNBits bits=2 as stored (31 vs 45 us for 3072x576 with int8 activations).
@@ -56,10 +57,11 @@ def integer_zero_points(scales: np.ndarray, offsets: np.ndarray, bits: int) -> n
 class _Lowering:
     """One pass over a portable graph, producing the target's graph (the input model is not modified)."""
 
-    def __init__(self, model: onnx.ModelProto, fast: bool, exact_nodes: frozenset[str]):
+    def __init__(self, model: onnx.ModelProto, target: Target, fast: bool, exact_nodes: frozenset[str]):
         self.model = onnx.ModelProto()
         self.model.CopyFrom(model)
         self.graph = self.model.graph
+        self.target = target
         self.fast = fast
         self.exact_nodes = exact_nodes
         self.inits = {t.name: t for t in self.graph.initializer}
@@ -99,8 +101,9 @@ class _Lowering:
         return name
 
     def float32(self, name: str) -> str:
-        """A float16 or float32 initializer as float32 (folded at session creation)."""
-        if self.inits[name].data_type == TensorProto.FLOAT:
+        """A float16 or float32 initializer (or a float32 value the graph computes) as float32 (folded at session
+        creation)."""
+        if name not in self.inits or self.inits[name].data_type == TensorProto.FLOAT:
             return name
         return self.once(f"{name}.f32", lambda out: self.emit("Cast", [name], [out], to=TensorProto.FLOAT))
 
@@ -150,9 +153,7 @@ class _Lowering:
         self.emit("MatMulNBits", inputs, [codes_out], domain=MS_DOMAIN, K=k, N=n, bits=bits, block_size=block,
                   accuracy_level=level)
         if offsets is not None:
-            perm = self.once(f"{offsets}.t", lambda o: self.emit("Transpose", [self.float32(offsets)], [o], perm=[1, 0]))
-            self.emit("MatMul", [self.block_sum(a, k, block), perm], [f"{out}.offset_term"])
-            self.emit("Add", [codes_out, f"{out}.offset_term"], [out])
+            self.add_offset_term(a, k, block, offsets, codes_out, out)
 
     # -- code layouts (constant subgraphs, folded at session creation) ------------------------------------------
     def four_bit_codes(self, packed: str, bits: int, shape: tuple[int, ...]) -> str:
@@ -178,17 +179,6 @@ class _Lowering:
         self.emit("BitShift", [hi, self.const("u8_4", np.array(4, np.uint8))], [f"{out}.hi4"], direction="LEFT")
         self.emit("BitwiseOr", [lo, f"{out}.hi4"], [f"{out}.packed4"])
         self.emit("Squeeze", [f"{out}.packed4", self.const("axes_last", np.array([-1], np.int64))], [out])
-
-    def split_bytes(self, packed: str, shape: tuple[int, int, int]) -> str:
-        """8-bit codes u [N, nb, B] -> 4-bit codes [N, 2·nb, B / 2]: blocks of u >> 4, then blocks of u & 15."""
-        def build(out: str) -> None:
-            four = self.const("u8_4", np.array(4, np.uint8))
-            self.emit("BitShift", [packed, four], [f"{out}.high"], direction="RIGHT")
-            self.emit("BitwiseAnd", [packed, self.const("u8_15", np.array(15, np.uint8))], [f"{out}.low"])
-            self.emit("Concat", [f"{out}.high", f"{out}.low"], [f"{out}.halves"], axis=1)
-            n, nb, block = shape
-            self.pack_nibbles(f"{out}.halves", out, (n, 2 * nb, block))
-        return self.once(f"{packed}.split4", build)
 
     # -- ops ----------------------------------------------------------------------------------------------------
     def zero_points_of(self, node: onnx.NodeProto, scales: np.ndarray, bits: int) -> np.ndarray | None:
@@ -216,7 +206,8 @@ class _Lowering:
         z = self.zero_points_of(node, scales, bits)
         free_offsets = None if z is not None else offsets_name
         shape = tuple(self.inits[packed].dims)
-        fast_native = self.int8_activations(node) and (bits == 2 or (bits == 8 and z is not None))
+        # int8 activations: the native 2- and 8-bit kernels where the target has them
+        fast_native = self.int8_activations(node) and bits in self.target.native_bits - {4}
         if bits == 4 or fast_native:
             self.matmul_nbits(a, out, packed, self.float32(scales_name), z, free_offsets, n, nb, bits, block, k,
                               self.level(node))
@@ -224,33 +215,38 @@ class _Lowering:
             self.matmul_nbits(a, out, self.four_bit_codes(packed, bits, shape), self.float32(scales_name), z,
                               free_offsets, n, nb, 4, block, k, self.level(node))
         else:
-            self.matmul_split8(node, z, nb, block, k, n, shape)
+            self.matmul_nibbles8(node, nb, block, k, n)
 
-    def matmul_split8(self, node: onnx.NodeProto, z: np.ndarray | None, nb: int, block: int,
-                      k: int, n: int, shape: tuple[int, ...]) -> None:
-        """Exact 8-bit: each code u = 16·h + l, and the 4-bit kernel runs over [a, a] (K doubled) with scales
-        [16·s, s] (exact in float32) and zero points [z >> 4, z & 15]; a free offset stays one block-offset term
-        on `a`. A short last block: `a` is zero-padded to whole blocks first, so both halves line up."""
+    def matmul_nibbles8(self, node: onnx.NodeProto, nb: int, block: int, k: int, n: int) -> None:
+        """Exact 8-bit on the fast 4-bit kernel without moving a weight byte (MatMulNBits' own 8-bit kernel is slow
+        without int8 activations): each stored code u = 16·h + l is read as two 4-bit codes, low nibble first (the
+        4-bit layout), so a block of B 8-bit codes is a block of 2·B 4-bit codes. The input is interleaved as
+        [x0, 16·x0, x1, 16·x1, ...] (×16 is exact), zero points are 0, and the offsets (-z·scale, or free) are
+        added as the block-offset term: y = Σ scale·u·x + Σ_b offset_b · Σ_{k in b} x_k. A short last block: `a`
+        is zero-padded to whole blocks first."""
         a, packed, scales_name, offsets_name = node.input
-        s32 = self.float32(scales_name)
-
-        def split_scales(out: str) -> None:
-            self.emit("Mul", [s32, self.const("f32_16", np.array(16, np.float32))], [f"{out}.x16"])
-            self.emit("Concat", [f"{out}.x16", s32], [out], axis=1)
-
         whole = self.padded(a, k, block)
-        doubled = self.once(f"{whole}.doubled", lambda out: self.emit("Concat", [whole, whole], [out], axis=-1))
-        halves_z = None if z is None else np.concatenate([z >> 4, z & 15], axis=1)
-        codes = self.split_bytes(packed, shape)  # type: ignore[arg-type]
+
+        def interleave(out: str) -> None:
+            last = self.const("axes_last", np.array([-1], np.int64))
+            self.emit("Mul", [whole, self.const("f32_16", np.array(16, np.float32))], [f"{out}.x16"])
+            self.emit("Unsqueeze", [whole, last], [f"{out}.low"])
+            self.emit("Unsqueeze", [f"{out}.x16", last], [f"{out}.high"])
+            self.emit("Concat", [f"{out}.low", f"{out}.high"], [f"{out}.pairs"], axis=-1)
+            self.emit("Reshape", [f"{out}.pairs", self.const("shape_flat_last", np.array([0, 0, -1], np.int64))],
+                      [out])
+
+        nibbles = self.once(f"{whole}.nibbles", interleave)
         out = node.output[0]
-        codes_out = out if z is not None else f"{out}.codes_term"
-        self.matmul_nbits(doubled, codes_out, codes, self.once(f"{scales_name}.split", split_scales), halves_z, None,
-                          n, 2 * nb, 4, block, 2 * nb * block, self.level(node))
-        if z is None:
-            perm = self.once(f"{offsets_name}.t",
-                             lambda o: self.emit("Transpose", [self.float32(offsets_name)], [o], perm=[1, 0]))
-            self.emit("MatMul", [self.block_sum(a, k, block), perm], [f"{out}.offset_term"])
-            self.emit("Add", [codes_out, f"{out}.offset_term"], [out])
+        self.matmul_nbits(nibbles, f"{out}.codes_term", packed, self.float32(scales_name), np.zeros((n, nb), np.uint8),
+                          None, n, nb, 4, 2 * block, 2 * nb * block, self.level(node))
+        self.add_offset_term(a, k, block, offsets_name, f"{out}.codes_term", out)
+
+    def add_offset_term(self, a: str, k: int, block: int, offsets: str, codes_out: str, out: str) -> None:
+        """out = codes_out + Σ_b offsets[n, b] · Σ_{k in b} a[k]: one small MatMul over the block sums of `a`."""
+        perm = self.once(f"{offsets}.t", lambda o: self.emit("Transpose", [self.float32(offsets)], [o], perm=[1, 0]))
+        self.emit("MatMul", [self.block_sum(a, k, block), perm], [f"{out}.offset_term"])
+        self.emit("Add", [codes_out, f"{out}.offset_term"], [out])
 
     def run(self) -> onnx.ModelProto:
         for node in self.graph.node:
@@ -290,12 +286,13 @@ def lower(model: onnx.ModelProto, target: Target, fast: bool = False,
           exact_nodes: frozenset[str] = frozenset()) -> onnx.ModelProto:
     """`model` (a portable graph) lowered for `target`: a new model; the portable graph itself for targets with no
     native kernels. `fast`: the target's int8-activation variant; `exact_nodes` stay exact in it."""
-    if "MatMulNBits" not in target.native_ops:
-        if fast:
-            raise EdgekitError(f"target {target.name} has no fast variant")
+    if fast and not target.fast_variant:
+        raise EdgekitError(f"target {target.name} has no fast variant")
+    if target.provider is None:
         return model
-    bits = {OPS[n.op_type].bits for n in model.graph.node if n.domain == DOMAIN and n.op_type in OPS}  # type: ignore[attr-defined]
-    unsupported = bits - {2, 3, 4, 8}
-    if unsupported:
-        raise EdgekitError(f"target {target.name} cannot lower {sorted(unsupported)}-bit weights")
-    return _Lowering(model, fast, exact_nodes).run()
+    for node in model.graph.node:
+        if node.domain == DOMAIN and node.op_type not in target.lowers:
+            raise EdgekitError(f"target {target.name} cannot lower {node.op_type} (node {node.name}); it lowers "
+                               f"{', '.join(sorted(target.lowers))}: export with --target portable, or quantize to a "
+                               "format these ops carry (--weights)")
+    return _Lowering(model, target, fast, exact_nodes).run()

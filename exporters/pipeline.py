@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -133,13 +134,33 @@ def _write_contents(folder: Path, c: PackageContents, extra: dict[str, Any]) -> 
     return manifest
 
 
+def sweep_stale_partials(out: Path) -> None:
+    """Remove temporary folders of earlier exports to `out` whose process is gone (killed outright: SIGKILL or a
+    power cut leave them; Ctrl-C and SIGTERM clean up themselves)."""
+    for partial in out.parent.glob(f".{out.name}.partial-*"):
+        pid = partial.name.removeprefix(f".{out.name}.partial-").split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def write_package(main: PackageContents, out: Path, draft: PackageContents | None = None) -> Manifest:
     """Stage 4: write the package (and its draft, in draft/) to a temporary folder, then rename it to `out`."""
     out = Path(out)
     if out.exists():
         raise EdgekitError("output already exists (remove it or choose another -o)", out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    sweep_stale_partials(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     try:
         extra: dict[str, Any] = {}
         if draft is not None:

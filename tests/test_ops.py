@@ -203,3 +203,17 @@ def test_portable_graph_folds_into_a_plain_matmul_on_the_exact_weights(op: type,
     assert [n.op_type for n in folded(m, tmp_path).graph.node] == ["MatMul"]
     _assert_matmul_close(_run(m, {"A": a}), a, w)
     _assert_one_code_off_is_caught(lambda wrong: _run(_matmul_model(op, wrong), {"A": a}), a, w)
+
+
+def test_an_op_the_target_cannot_lower_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A weight op with no rule for a target (here MatMulBlockQ4 taken off the CPU's rules) fails the export with one
+    line naming the op and what the target lowers; the portable graph still takes it."""
+    from edgekit.errors import EdgekitError
+
+    cpu = TARGETS["cpu"]
+    monkeypatch.setitem(TARGETS, "cpu", type(cpu)(**{**cpu.__dict__, "lowers": cpu.lowers - {"MatMulBlockQ4"}}))
+    m = _matmul_model(MatMulBlockQ4, _weight(4))
+    with pytest.raises(EdgekitError, match=r"target cpu cannot lower MatMulBlockQ4 \(node mm\); it lowers "
+                                           r"GatherBlockQ4, GatherBlockQ8, MatMulBlockQ2"):
+        lower(m, TARGETS["cpu"])
+    assert lower(m, TARGETS["portable"]) is m
