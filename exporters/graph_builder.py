@@ -181,8 +181,9 @@ class GraphBuilder:
         raise ValueError(f"unknown activation {kind!r}")
 
     def softcap(self, x: str, cap: float, out: str) -> str:
-        """cap · tanh(x / cap) (Gemma's logit soft-capping)."""
-        self.scale(x, 1.0 / cap, f"{out}.scaled")
+        """cap · tanh(x / cap) (Gemma's logit soft-capping; a division, as transformers computes it)."""
+        c = self.initializer(f"const_{np.float32(cap).view(np.uint32):08x}", np.array(cap, np.float32))
+        self.binary("Div", x, c, f"{out}.scaled")
         self._node("Tanh", [f"{out}.scaled"], [f"{out}.tanh"])
         return self.scale(f"{out}.tanh", cap, out)
 

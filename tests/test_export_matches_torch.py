@@ -6,24 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from edgekit.exporters.pipeline import export
 from edgekit.exporters.reference import TorchReference
-from edgekit.runtime import GenerationConfig, load
+from edgekit.runtime import load
 from factories import tiny_gguf, tiny_hf_model, tiny_torch_model
-
-PROMPT = "The quick brown fox jumps over the lazy dog. 12345"
-
-
-def _compare(pkg: Path, reference: str | TorchReference, greedy_tokens: int = 24, atol: float = 2e-3) -> None:
-    model = load(pkg)
-    ref = reference if isinstance(reference, TorchReference) else TorchReference(reference, "cpu")
-    ids = model.encode(PROMPT)
-    expected, got = ref.logits(ids), model.logits(ids)
-    assert got.shape == expected.shape
-    np.testing.assert_allclose(got, expected, atol=atol, rtol=0)
-    gen = GenerationConfig(max_new_tokens=greedy_tokens, stop_token_ids=())
-    assert list(model.generate_ids(ids, gen)) == ref.greedy(ids, greedy_tokens)
+from torch_compare import PROMPT
+from torch_compare import compare_with_torch as _compare
 
 
 def test_gguf_q4_1_import_matches_transformers(tiny_gguf_pkg: Path, tiny_gguf_file: Path) -> None:

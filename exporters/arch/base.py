@@ -163,6 +163,9 @@ class Architecture:
                         f"{p}.o": (c.hidden_size, q), f"{p}.gate": (width, c.hidden_size),
                         f"{p}.up": (width, c.hidden_size), f"{p}.down": (c.hidden_size, width),
                         f"{p}.attn_norm": (c.hidden_size,), f"{p}.mlp_norm": (c.hidden_size,)})
+            out.update({f"{p}.{kind}": (size,) for kind, size in
+                        (("q_norm", c.head_dim), ("k_norm", c.head_dim), ("post_attn_norm", c.hidden_size),
+                         ("post_mlp_norm", c.hidden_size)) if kind in self.layer_kinds})
         return out
 
     # -- weights as the sources store them ------------------------------------------------------------------
