@@ -8,7 +8,7 @@ pool (runtime.decoder.StatePool), giving them back when it finishes, is closed o
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -16,12 +16,12 @@ from typing import Generic, TypeVar
 import numpy as np
 import onnxruntime as ort
 from edgekit.runtime.decoder import Decoder, SequenceCaches, SessionSettings, StatePool, make_session
-from edgekit.runtime.decoding import DecodeStats, decode
+from edgekit.runtime.decoding import MAX_DRAFT, DecodeStats, decode
 from edgekit.runtime.draft_policy import CostAwareLength, PassCosts
 from edgekit.runtime.drafters import Drafter, ModelDrafter, NgramDrafter
 from edgekit.runtime.loader import graph_path, load_manifest, portable_graph_path
 from edgekit.runtime.providers import select_provider
-from edgekit.runtime.sampling import SamplingParams
+from edgekit.runtime.sampling import SamplingParams, check_int
 from edgekit.runtime.text import StreamDecoder, TextCodec
 
 from edgekit.errors import EdgekitError
@@ -29,11 +29,16 @@ from edgekit.package import Manifest
 
 DEFAULT_MAX_LENGTH = 2048
 DRAFT_POLICIES = ("cost", "all")
+SPECULATIVE_MODES = ("ngram", "draft")
 T = TypeVar("T")
+Messages = Sequence[Mapping[str, str]]  # chat messages: [{"role": "system" | "user" | "assistant", "content": ...}]
+Prompt = str | Messages
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
+    """How to generate, as one value. Every field is checked here: a bad value raises ValueError naming it."""
+
     max_new_tokens: int = 256
     sampling: SamplingParams = field(default_factory=SamplingParams)
     seed: int | None = None
@@ -43,6 +48,79 @@ class GenerationConfig:
     draft_policy: str = "cost"  # "cost": verify the draft length with the best measured tokens/s (or none);
     # "all": verify every drafted token
     draft_min_confidence: float = 0.3  # a draft model stops drafting below this probability of its own token
+    stop: tuple[str, ...] = ()  # text that ends generation (excluded from the output); a str is one stop string
+
+    def __post_init__(self) -> None:
+        check_int("max_new_tokens", self.max_new_tokens, 1)
+        if self.seed is not None:
+            check_int("seed", self.seed, 0)
+        if not isinstance(self.sampling, SamplingParams):
+            raise TypeError(f"sampling must be a SamplingParams, got {self.sampling!r}")
+        if self.stop_token_ids is not None:
+            object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+            for token in self.stop_token_ids:
+                check_int("a stop token id", token, 0)
+        if self.speculative not in (None, *SPECULATIVE_MODES):
+            raise ValueError(f"unknown speculative mode {self.speculative!r} (ngram, draft)")
+        if isinstance(self.draft_len, bool) or not isinstance(self.draft_len, int) or \
+                not 1 <= self.draft_len <= MAX_DRAFT:
+            raise ValueError(f"draft length must be in 1..{MAX_DRAFT}, got {self.draft_len!r}")
+        if self.draft_policy not in DRAFT_POLICIES:
+            raise ValueError(f"unknown draft policy {self.draft_policy!r} ({', '.join(DRAFT_POLICIES)})")
+        if not 0 <= self.draft_min_confidence <= 1:
+            raise ValueError(f"draft_min_confidence must be in [0, 1], got {self.draft_min_confidence!r}")
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if not all(isinstance(s, str) and s for s in stop):
+            raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", stop)
+
+    def with_options(self, *, max_new_tokens: int | None = None, temperature: float | None = None,
+                     top_p: float | None = None, top_k: int | None = None, stop: str | Sequence[str] | None = None,
+                     seed: int | None = None, speculative: str | None = None) -> GenerationConfig:
+        """This config with the given keywords (transformers' names) replacing its fields; None keeps a field."""
+        sampling = {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k))
+                    if v is not None}
+        fields = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("stop", stop), ("seed", seed),
+                                    ("speculative", speculative)) if v is not None}
+        if sampling:
+            fields["sampling"] = replace(self.sampling, **sampling)
+        return replace(self, **fields) if fields else self
+
+
+class StopStrings:
+    """Ends streamed text at the first stop string. `push(piece)` returns the text that is safe to emit: all
+    but the longest tail that could still be the start of a stop string (at most len(longest) - 1 chars),
+    and, once a stop string appears, the text before it (then `found` is set and the rest is dropped)."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = tuple(stops)
+        self.held = ""
+        self.found = False
+
+    def push(self, piece: str) -> str:
+        text = self.held + piece
+        starts = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        if starts:
+            self.found, self.held = True, ""
+            return text[:min(starts)]
+        keep = self._partial_tail(text)
+        self.held = text[len(text) - keep:] if keep else ""
+        return text[:len(text) - keep]
+
+    def flush(self) -> str:
+        """The held-back tail, at the end of generation (no stop string completed it)."""
+        out, self.held = self.held, ""
+        return out
+
+    def _partial_tail(self, text: str) -> int:
+        """Length of the longest tail of `text` that is a proper prefix of a stop string."""
+        best = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(text)), best, -1):
+                if text.endswith(stop[:n]):
+                    best = n
+                    break
+        return best
 
 
 class Generation(Iterator[T], Generic[T]):
@@ -148,9 +226,22 @@ class Model:
         return getattr(self._local, "stats", None) or DecodeStats()
 
     # -- tokens ----------------------------------------------------------------------------------------
-    def encode(self, prompt: str, chat: bool = False) -> list[int]:
-        text = self.codec.chat_prompt([{"role": "user", "content": prompt}]) if chat else prompt
-        ids = self.codec.encode(text)
+    def prompt_text(self, prompt: Prompt, chat: bool = False) -> str:
+        """The text the model continues: `prompt` itself, or chat messages (a str with `chat=True` is one user
+        message) rendered through the package's chat template with the assistant's turn opened."""
+        if isinstance(prompt, str):
+            return self.codec.chat_prompt([{"role": "user", "content": prompt}]) if chat else prompt
+        if _is_messages(prompt):
+            for i, message in enumerate(prompt):
+                if not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
+                    raise TypeError(f"chat message {i} needs a str 'role' and a str 'content', got {message!r}")
+            return self.codec.chat_prompt([dict(m) for m in prompt])
+        raise TypeError(f"a prompt is a str or a list of chat messages ({{'role': ..., 'content': ...}}), got "
+                        f"{_describe(prompt)}")
+
+    def encode(self, prompt: Prompt, chat: bool = False) -> list[int]:
+        """Token ids of the prompt (see prompt_text); refused when empty or when it fills the context."""
+        ids = self.codec.encode(self.prompt_text(prompt, chat))
         if not ids:
             raise EdgekitError("the prompt is empty")
         if len(ids) >= self.max_length:
@@ -165,22 +256,19 @@ class Model:
             caches.target.reset()
             return caches.target.forward(ids, n_logits=len(ids))
 
-    def _check_speculative(self, kind: str | None) -> None:
-        if kind not in (None, "ngram", "draft"):
-            raise EdgekitError(f"unknown speculative mode {kind!r} (ngram, draft)")
-        if kind == "draft" and not self.has_draft:
-            raise EdgekitError("speculative='draft' needs the model loaded with draft=True "
-                               "(and a package exported with --draft)")
-
-    def generate_ids(self, ids: list[int], gen: GenerationConfig) -> Generation[int]:
+    def generate_ids(self, ids: Sequence[int], gen: GenerationConfig | None = None, **options: object
+                     ) -> Generation[int]:
         """New token ids, one at a time, from a fresh cache; stops at a stop token or the length limit.
-        Statistics of the generation (passes, drafted and accepted tokens) are its `stats`, and this thread's
-        `last_stats`. Its KV caches are taken from the pool at the first token and given back at the end."""
+        `options` are generate()'s keywords (GenerationConfig.with_options) over `gen`; stop strings are
+        for text (stream, generate). Statistics of the generation (passes, drafted and accepted tokens) are its
+        `stats`, and this thread's `last_stats`. Its KV caches are taken from the pool at the first token and
+        given back when it ends, is closed or is dropped."""
+        gen = (gen or GenerationConfig()).with_options(**options)  # type: ignore[arg-type]
         stops = set(gen.stop_token_ids if gen.stop_token_ids is not None
                     else self.manifest.generation["stop_token_ids"])
-        if gen.draft_policy not in DRAFT_POLICIES:
-            raise EdgekitError(f"unknown draft policy {gen.draft_policy!r} ({', '.join(DRAFT_POLICIES)})")
-        self._check_speculative(gen.speculative)
+        if gen.speculative == "draft" and not self.has_draft:
+            raise EdgekitError("speculative='draft' needs the model loaded with draft=True "
+                               "(and a package exported with --draft)")
         stats = DecodeStats()
         self._local.stats = stats
         return Generation(self._decode(list(ids), gen, stops, stats), stats)
@@ -199,26 +287,72 @@ class Model:
                               draft_len=gen.draft_len, stats=stats, policy=policy)
 
     # -- text --------------------------------------------------------------------------------------------
-    def stream(self, prompt: str, chat: bool = False, gen: GenerationConfig | None = None) -> Generation[str]:
-        """Text pieces as they are generated."""
-        tokens = self.generate_ids(self.encode(prompt, chat), gen or GenerationConfig())
-        return Generation(self._pieces(tokens), tokens.stats)
+    def stream(self, prompt: Prompt, chat: bool = False, gen: GenerationConfig | None = None, *,
+               max_new_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
+               top_k: int | None = None, stop: str | Sequence[str] | None = None, seed: int | None = None,
+               speculative: str | None = None) -> Generation[str]:
+        """Text pieces as they are generated, for one prompt: a str, or a list of chat messages.
 
-    def _pieces(self, tokens: Generation[int]) -> Generator[str, None, None]:
-        text = StreamDecoder(self.codec)
+        Keywords replace `gen`'s fields (default GenerationConfig()): max_new_tokens, temperature (0: greedy),
+        top_p, top_k (0: no limit), stop (str or list: generation ends before the first one, which is not
+        emitted; text that may begin one is held back until it is clear), seed, speculative ("ngram", "draft").
+        Arguments are checked here, before the first piece: ValueError naming a bad value."""
+        gen = (gen or GenerationConfig()).with_options(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, stop=stop, seed=seed,
+            speculative=speculative)
+        if _is_batch(prompt):
+            raise TypeError("stream() takes one prompt; generate() takes a list of prompts")
+        tokens = self.generate_ids(self.encode(prompt, chat), gen)
+        return Generation(self._pieces(tokens, gen.stop), tokens.stats)
+
+    def _pieces(self, tokens: Generation[int], stop: tuple[str, ...]) -> Generator[str, None, None]:
+        text, stops = StreamDecoder(self.codec), StopStrings(stop)
         try:
             for token in tokens:
-                piece = text.push(token)
+                piece = stops.push(text.push(token))
                 if piece:
                     yield piece
+                if stops.found:
+                    return
+            if stops.held:
+                yield stops.flush()
         finally:
-            tokens.close()  # closed early: the token generator gives its caches back now
+            tokens.close()  # ended early: the token generator gives its caches back now
 
-    def generate(self, prompt: str, chat: bool = False, gen: GenerationConfig | None = None) -> str:
-        return "".join(self.stream(prompt, chat, gen))
+    def generate(self, prompt: Prompt | Sequence[Prompt], chat: bool = False, gen: GenerationConfig | None = None,
+                 *, max_new_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
+                 top_k: int | None = None, stop: str | Sequence[str] | None = None, seed: int | None = None,
+                 speculative: str | None = None) -> str | list[str]:
+        """The generated text for a prompt (a str or a list of chat messages), or a list of texts for a list of
+        prompts (generated one after another, each from `seed` if given). Keywords as for stream()."""
+        options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k,
+                   "stop": stop, "seed": seed, "speculative": speculative}
+        if not _is_batch(prompt):
+            return "".join(self.stream(prompt, chat, gen, **options))  # type: ignore[arg-type]
+        streams = [self.stream(p, chat, gen, **options) for p in prompt]  # type: ignore[arg-type]
+        return ["".join(s) for s in streams]  # every prompt checked before the first is generated
+
+
+def _is_messages(prompt: object) -> bool:
+    return isinstance(prompt, Sequence) and not isinstance(prompt, str) and len(prompt) > 0 and \
+        all(isinstance(m, Mapping) for m in prompt)
+
+
+def _is_batch(prompt: object) -> bool:
+    """A list of prompts (strs or message lists), as opposed to one prompt."""
+    if isinstance(prompt, str) or not isinstance(prompt, Sequence) or _is_messages(prompt):
+        return False
+    if not prompt:
+        raise ValueError("empty prompt list: give a prompt, a list of prompts or a list of chat messages")
+    return all(isinstance(p, str) or _is_messages(p) for p in prompt)
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
 
 
 def load(path: str | Path, **kwargs: object) -> Model:
     """Load a package folder. Keyword arguments: device, fast, max_length, threads, spinning, verify, draft,
-    float_passes."""
+    float_passes, idle_caches (see Model)."""
     return Model(path, **kwargs)  # type: ignore[arg-type]
