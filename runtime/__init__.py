@@ -11,7 +11,8 @@
 
 `generate` and `stream` take transformers' keywords (max_new_tokens, temperature, top_p, top_k, seed) plus
 `stop` strings and `speculative` ("ngram", "draft"), or a whole `GenerationConfig` as `gen=`; a bad value
-raises ValueError before anything runs. `generate_ids` works on token ids. A loaded Model may be shared
+raises ValueError before anything runs. `generate_ids` works on token ids; `model.chat(system)` keeps a conversation and its KV cache between turns
+(`send(text)` streams each reply). A loaded Model may be shared
 between threads and its streams interleaved: each generation checks its own KV cache out of the model's pool
 (`load(..., idle_caches=N)` keeps N for reuse; 94 MB each for SmolLM2-135M at 2048 tokens).
 """

@@ -8,7 +8,9 @@ pool (runtime.decoder.StatePool), giving them back when it finishes, is closed o
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Generator, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -264,6 +266,11 @@ class Model:
         `stats`, and this thread's `last_stats`. Its KV caches are taken from the pool at the first token and
         given back when it ends, is closed or is dropped."""
         gen = (gen or GenerationConfig()).with_options(**options)  # type: ignore[arg-type]
+        return self._generation(list(ids), gen)
+
+    def _generation(self, ids: list[int], gen: GenerationConfig, caches: SequenceCaches | None = None,
+                    cached: int = 0) -> Generation[int]:
+        """generate_ids on the pool's caches, or on `caches` whose first `cached` tokens are ids[:cached]."""
         stops = set(gen.stop_token_ids if gen.stop_token_ids is not None
                     else self.manifest.generation["stop_token_ids"])
         if gen.speculative == "draft" and not self.has_draft:
@@ -271,11 +278,11 @@ class Model:
                                "(and a package exported with --draft)")
         stats = DecodeStats()
         self._local.stats = stats
-        return Generation(self._decode(list(ids), gen, stops, stats), stats)
+        return Generation(self._decode(ids, gen, stops, stats, caches, cached), stats)
 
-    def _decode(self, ids: list[int], gen: GenerationConfig, stops: set[int],
-                stats: DecodeStats) -> Generator[int, None, None]:
-        with self._caches.checkout() as caches:
+    def _decode(self, ids: list[int], gen: GenerationConfig, stops: set[int], stats: DecodeStats,
+                own: SequenceCaches | None, cached: int) -> Generator[int, None, None]:
+        with nullcontext(own) if own is not None else self._caches.checkout() as caches:
             drafter: Drafter | None = None
             if gen.speculative == "ngram":
                 drafter = NgramDrafter()
@@ -284,7 +291,12 @@ class Model:
             policy = CostAwareLength(self.pass_costs) if gen.draft_policy == "cost" else None
             yield from decode(caches.target, ids, max_new_tokens=gen.max_new_tokens, params=gen.sampling,
                               rng=np.random.default_rng(gen.seed), stops=stops, drafter=drafter,
-                              draft_len=gen.draft_len, stats=stats, policy=policy)
+                              draft_len=gen.draft_len, stats=stats, policy=policy, cached=cached)
+
+    def chat(self, system: str | None = None, gen: GenerationConfig | None = None) -> Chat:
+        """A multi-turn conversation (optionally opened by a system prompt) that keeps its KV cache between
+        turns: each turn runs only the tokens after the part of the conversation already cached."""
+        return Chat(self, system, gen)
 
     # -- text --------------------------------------------------------------------------------------------
     def stream(self, prompt: Prompt, chat: bool = False, gen: GenerationConfig | None = None, *,
@@ -305,7 +317,7 @@ class Model:
         tokens = self.generate_ids(self.encode(prompt, chat), gen)
         return Generation(self._pieces(tokens, gen.stop), tokens.stats)
 
-    def _pieces(self, tokens: Generation[int], stop: tuple[str, ...]) -> Generator[str, None, None]:
+    def _pieces(self, tokens: Iterator[int] | Generation[int], stop: tuple[str, ...]) -> Generator[str, None, None]:
         text, stops = StreamDecoder(self.codec), StopStrings(stop)
         try:
             for token in tokens:
@@ -317,7 +329,7 @@ class Model:
             if stops.held:
                 yield stops.flush()
         finally:
-            tokens.close()  # ended early: the token generator gives its caches back now
+            tokens.close()  # type: ignore[union-attr]  # ended early: the token generator gives its caches back
 
     def generate(self, prompt: Prompt | Sequence[Prompt], chat: bool = False, gen: GenerationConfig | None = None,
                  *, max_new_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
@@ -331,6 +343,63 @@ class Model:
             return "".join(self.stream(prompt, chat, gen, **options))  # type: ignore[arg-type]
         streams = [self.stream(p, chat, gen, **options) for p in prompt]  # type: ignore[arg-type]
         return ["".join(s) for s in streams]  # every prompt checked before the first is generated
+
+
+class Chat:
+    """A conversation with a model, holding one KV cache (out of the model's pool) for its whole life: a turn
+    re-renders every message through the chat template and runs only the tokens past the longest prefix
+    already in the cache. One turn at a time (a Chat is not shared between threads); `close()` (or dropping
+    it) gives the cache back."""
+
+    def __init__(self, model: Model, system: str | None = None, gen: GenerationConfig | None = None):
+        self.model = model
+        self.gen = gen or GenerationConfig()
+        self.messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+        self._caches: SequenceCaches | None = model._caches.acquire()
+        self._release = weakref.finalize(self, model._caches.release, self._caches)
+        self._cached: list[int] = []  # the token ids whose keys and values the cache holds
+
+    def send(self, text: str, **options: object) -> Generation[str]:
+        """The reply to a user message, streamed; it joins `messages` when it ends (or is closed).
+        Keywords as for Model.stream; `stats.prompt_tokens` counts only the tokens run this turn."""
+        if self._caches is None:
+            raise ValueError("this chat is closed")
+        gen = self.gen.with_options(**options)  # type: ignore[arg-type]
+        messages = [*self.messages, {"role": "user", "content": text}]
+        ids = self.model.encode(messages)
+        common = 0
+        for a, b in zip(self._cached, ids):
+            if a != b:
+                break
+            common += 1
+        tokens = self.model._generation(ids, gen, self._caches, min(common, len(ids) - 1))
+        self.messages = messages
+        return Generation(self._reply(ids, tokens, gen.stop), tokens.stats)
+
+    def _reply(self, ids: list[int], tokens: Generation[int], stop: tuple[str, ...]) -> Generator[str, None, None]:
+        new: list[int] = []
+
+        def recorded() -> Generator[int, None, None]:
+            try:
+                for token in tokens:
+                    new.append(token)
+                    yield token
+            finally:
+                tokens.close()
+
+        pieces: list[str] = []
+        try:
+            for piece in self.model._pieces(recorded(), stop):
+                pieces.append(piece)
+                yield piece
+        finally:
+            self.messages.append({"role": "assistant", "content": "".join(pieces)})
+            length = self._caches.target.length if self._caches is not None else 0
+            self._cached = [*ids, *new][:length]
+
+    def close(self) -> None:
+        self._release()
+        self._caches = None
 
 
 def _is_messages(prompt: object) -> bool:

@@ -100,3 +100,20 @@ def test_bad_prompts_are_refused(model: Model) -> None:
         model.generate([{"role": "user"}])
     with pytest.raises(ValueError, match="empty prompt list"):
         model.generate([])
+
+
+def test_a_chat_reuses_its_cache_between_turns(model: Model) -> None:
+    conversation = model.chat("Be brief.", gen=GenerationConfig(max_new_tokens=8))
+    assert model._caches.in_use == 1
+    first = "".join(conversation.send("Hello"))
+    second = conversation.send("And then?")
+    reply = "".join(second)
+    assert [m["role"] for m in conversation.messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert conversation.messages[2]["content"] == first and conversation.messages[4]["content"] == reply
+    fresh = model.stream(conversation.messages[:4], max_new_tokens=8)
+    assert "".join(fresh) == reply  # the cached prefix gives what a fresh cache gives
+    assert second.stats.prompt_tokens < fresh.stats.prompt_tokens / 2  # only the new turn was run
+    conversation.close()
+    assert model._caches.in_use == 0
+    with pytest.raises(ValueError, match="closed"):
+        conversation.send("again")
