@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 import click
@@ -111,14 +112,20 @@ def _load(pkg: str, device: str, fast: bool, max_length: int | None = None, thre
 
 @main.command()
 @click.argument("pkg")
-@click.option("--prompt", required=True, help="Text to continue (or the user message with --chat).")
+@click.option("--prompt", default=None, help="Text to continue (the user message with --chat or --system); - reads "
+              "stdin. With --chat and no prompt: an interactive chat, one user message per stdin line.")
+@click.option("-f", "--file", "prompt_file", type=click.Path(dir_okay=False), default=None,
+              help="Read the prompt from this UTF-8 file.")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the package's chat template.")
-@click.option("--max-new-tokens", type=click.IntRange(1), default=256, show_default=True)
-@click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="0 = greedy.")
-@click.option("--top-k", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
+@click.option("--system", default=None, help="System prompt (implies --chat).")
+@click.option("--stop", multiple=True, help="Stop before this text (repeat for several).")
+@click.option("--max-new-tokens", type=int, default=256, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", type=int, default=0, show_default=True)
+@click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--seed", type=int, default=None)
 @click.option("--device", type=DEVICES, default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(0), default=0, help="onnxruntime threads (0: its default).")
 @click.option("--fast", is_flag=True, help="int8 activations: faster, not exact (opt-in).")
 @click.option("--max-length", type=click.IntRange(2), default=None, help="KV cache length (tokens).")
 @click.option("--speculative", type=SPECULATIVE, default=None,
@@ -126,20 +133,82 @@ def _load(pkg: str, device: str, fast: bool, max_length: int | None = None, thre
 @click.option("--draft-len", type=click.IntRange(1, 16), default=4, show_default=True, help="Most drafted tokens.")
 @click.option("--float-passes", is_flag=True, help=FLOAT_PASSES_HELP)
 @_one_line_errors
-def run(pkg: str, prompt: str, chat: bool, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
-        seed: int | None, device: str, fast: bool, max_length: int | None, speculative: str | None,
-        draft_len: int, float_passes: bool) -> None:
-    """Generate from PKG, streaming text to the terminal."""
+def run(pkg: str, prompt: str | None, prompt_file: str | None, chat: bool, system: str | None,
+        stop: tuple[str, ...], max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int | None,
+        device: str, threads: int, fast: bool, max_length: int | None, speculative: str | None, draft_len: int,
+        float_passes: bool) -> None:
+    """Generate from PKG, streaming text to stdout; a timing line goes to stderr."""
     from edgekit.runtime import GenerationConfig
     from edgekit.runtime.sampling import SamplingParams
 
-    model = _load(pkg, device, fast, max_length, draft=speculative == "draft", float_passes=float_passes)
-    gen = GenerationConfig(max_new_tokens, SamplingParams(temperature, top_k, top_p), seed,
-                           speculative=speculative, draft_len=draft_len)
-    for piece in model.stream(prompt, chat=chat, gen=gen):
+    try:  # the library checks every value; here a bad one is a one-line error like any other
+        gen = GenerationConfig(max_new_tokens, SamplingParams(temperature, top_k, top_p), seed,
+                               speculative=speculative, draft_len=draft_len, stop=stop)
+    except ValueError as exc:
+        raise EdgekitError(str(exc)) from None
+    text = _prompt_text(prompt, prompt_file)
+    chat = chat or system is not None
+    if text is None and not chat:
+        raise EdgekitError("give --prompt TEXT, --prompt - (stdin) or -f FILE; or --chat for an interactive chat")
+    model = _load(pkg, device, fast, max_length, threads, draft=speculative == "draft", float_passes=float_passes)
+    if text is None:
+        _interactive_chat(model, system, gen)
+        return
+    messages = [{"role": "system", "content": system}] if system else []
+    stream = model.stream([*messages, {"role": "user", "content": text}] if chat else text, gen=gen)
+    _echo_stream(stream)
+
+
+def _prompt_text(prompt: str | None, prompt_file: str | None) -> str | None:
+    """The prompt from --prompt, stdin (--prompt -) or -f FILE, checked to be UTF-8 text."""
+    if prompt is not None and prompt_file is not None:
+        raise EdgekitError("give either --prompt or -f FILE, not both")
+    if prompt_file is not None:
+        try:
+            raw = Path(prompt_file).read_bytes()
+        except OSError as exc:
+            raise EdgekitError(f"cannot read the prompt file ({exc.strerror})", prompt_file) from None
+        return _utf8(raw, prompt_file)
+    if prompt == "-":
+        return _utf8(sys.stdin.buffer.read(), "stdin")
+    if prompt is not None:
+        try:
+            prompt.encode("utf-8")  # undecodable argv bytes arrive as lone surrogates
+        except UnicodeEncodeError:
+            raise EdgekitError("--prompt is not valid UTF-8 text") from None
+    return prompt
+
+
+def _utf8(raw: bytes, origin: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EdgekitError(f"the prompt is not valid UTF-8 text (byte {exc.start})", origin) from None
+
+
+def _echo_stream(stream: Any) -> None:
+    """Print text pieces as they come, then the stream's timing line on stderr."""
+    for piece in stream:
         click.echo(piece, nl=False)
         sys.stdout.flush()
     click.echo()
+    click.echo(stream.stats.timing_line(), err=True)
+
+
+def _interactive_chat(model: Any, system: str | None, gen: Any) -> None:
+    """One user message per stdin line until EOF or an empty line; the KV cache is kept between turns."""
+    conversation = model.chat(system, gen)
+    stdin = sys.stdin
+    try:
+        while True:
+            if stdin.isatty():
+                click.echo("> ", nl=False, err=True)
+            line = stdin.readline()
+            if not line.strip():
+                return
+            _echo_stream(conversation.send(line.rstrip("\n")))
+    finally:
+        conversation.close()
 
 
 @main.command()

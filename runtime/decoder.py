@@ -4,17 +4,26 @@ The cache is one preallocated buffer per layer ([1, kv_heads, max_length, head_d
 both the past input and the present output of GroupQueryAttention, which writes the new keys and
 values into it: no step copies the cache. Its valid length is just a number here, so rolling
 back (speculative decoding) costs nothing.
+
+Sessions are thread-safe and shared; a cache and its IOBinding belong to one sequence at a time. A loaded
+model therefore keeps its caches in a `StatePool`: each generation checks one out and gives it back.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 import onnxruntime as ort
 
 from edgekit.errors import EdgekitError
+
+State = TypeVar("State")
 
 
 @dataclass(frozen=True)
@@ -105,3 +114,61 @@ class Decoder:
 
     def reset(self) -> None:
         self.length = 0
+
+
+@dataclass
+class SequenceCaches:
+    """One sequence's caches: the target's (bound to its wide session too, if any) and the draft model's."""
+
+    target: Decoder
+    draft: Decoder | None = None
+
+
+class StatePool(Generic[State]):
+    """Per-sequence states (KV caches with their bindings) handed out one generation at a time.
+
+    A state is made by `make` when none is idle, so as many exist as sequences run at once (there is no
+    upper bound: a bound would deadlock two interleaved generators of one thread). When a state comes back,
+    at most `max_idle` are kept for the next generations and the rest are freed: SmolLM2-135M's cache at
+    max_length 2048 is 30 layers x 2 x 3 heads x 2048 x 64 x 4 B = 94 MB. Thread-safe."""
+
+    def __init__(self, make: Callable[[], State], max_idle: int = 1):
+        if max_idle < 0:
+            raise ValueError(f"max_idle must be >= 0, got {max_idle}")
+        self._make = make
+        self.max_idle = max_idle
+        self._idle: list[State] = []
+        self._lock = threading.Lock()
+        self.in_use = 0  # states checked out now
+        self.created = 0  # states made so far
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    def acquire(self) -> State:
+        with self._lock:
+            self.in_use += 1
+            if self._idle:
+                return self._idle.pop()
+            self.created += 1
+        try:
+            return self._make()  # outside the lock: allocating a cache takes a while
+        except BaseException:
+            with self._lock:
+                self.in_use -= 1
+            raise
+
+    def release(self, state: State) -> None:
+        with self._lock:
+            self.in_use -= 1
+            if len(self._idle) < self.max_idle:
+                self._idle.append(state)
+
+    @contextmanager
+    def checkout(self) -> Iterator[State]:
+        state = self.acquire()
+        try:
+            yield state
+        finally:
+            self.release(state)

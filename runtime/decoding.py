@@ -30,11 +30,29 @@ MAX_DRAFT = 16
 
 @dataclass
 class DecodeStats:
-    """Counts for one generation: acceptance rate and mean accepted tokens per verify pass."""
+    """Counts for one generation: acceptance rate and mean accepted tokens per verify pass, and timings
+    (seconds spent in the generation itself, not in the caller between tokens)."""
 
     target_passes: int = 0
     drafted: int = 0
     accepted: int = 0
+    prompt_tokens: int = 0  # run in the prompt pass (a prefix already cached is not counted)
+    new_tokens: int = 0
+    prompt_s: float = 0.0  # the prompt pass, up to the first new token
+    decode_s: float = 0.0  # everything after it
+
+    @property
+    def prompt_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prompt_s if self.prompt_s else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """New tokens after the first (which the prompt pass gives) per second of decoding."""
+        return (self.new_tokens - 1) / self.decode_s if self.new_tokens > 1 and self.decode_s else 0.0
+
+    def timing_line(self) -> str:
+        return (f"prompt: {self.prompt_tokens} tokens, {self.prompt_tokens_per_s:.1f} tok/s; "
+                f"generation: {self.new_tokens} tokens, {self.decode_tokens_per_s:.1f} tok/s")
 
     @property
     def acceptance_rate(self) -> float:
@@ -71,27 +89,38 @@ def _timed_forward(decoder: Decoder, ids: list[int], n_logits: int, policy: Cost
 
 def decode(decoder: Decoder, prompt: list[int], *, max_new_tokens: int, params: SamplingParams,
            rng: np.random.Generator, stops: set[int], drafter: Drafter | None = None, draft_len: int = 4,
-           stats: DecodeStats | None = None, policy: CostAwareLength | None = None) -> Iterator[int]:
-    """New tokens after `prompt`, from a fresh cache; stops at a stop token or the length limit.
+           stats: DecodeStats | None = None, policy: CostAwareLength | None = None, cached: int = 0) -> Iterator[int]:
+    """New tokens after `prompt`; stops at a stop token or the length limit. The cache starts empty, or
+    holding the first `cached` prompt tokens (an earlier turn of a conversation: only the rest is run).
     `policy` chooses how many of the (at most draft_len) proposed tokens to verify; None: all of them."""
     if not 1 <= draft_len <= MAX_DRAFT:
         raise ValueError(f"draft length must be in 1..{MAX_DRAFT}, got {draft_len}")
+    if not 0 <= cached < len(prompt):
+        raise ValueError(f"cached prefix {cached} must be shorter than the prompt ({len(prompt)} tokens)")
     drafter = drafter or NoDrafter()
     stats = stats if stats is not None else DecodeStats()
-    decoder.reset()
+    t0 = time.perf_counter()
+    if cached:
+        decoder.rollback(cached)
+    else:
+        decoder.reset()
     drafter.start(prompt)
     if policy is not None:
         policy.start()
     context = list(prompt)
-    logits = decoder.forward(prompt)[-1]
+    logits = decoder.forward(prompt[cached:])[-1]
     stats.target_passes += 1
+    stats.prompt_tokens = len(prompt) - cached
     budget = min(max_new_tokens, decoder.max_length - len(prompt))
     produced, excluded = 0, None
     while produced < budget:
         token = choose_token(logits, params, rng, exclude=excluded)
         if token in stops:
+            _add_time(stats, t0)
             return
+        _count_token(stats, t0)
         yield token
+        t0 = time.perf_counter()
         produced += 1
         context.append(token)
         if produced == budget:
@@ -113,10 +142,28 @@ def decode(decoder: Decoder, prompt: list[int], *, max_new_tokens: int, params: 
             policy.record_draft(source, len(draft), accepted)
         for d in draft[:accepted]:
             if d in stops:
+                _add_time(stats, t0)
                 return
+            _count_token(stats, t0)
             yield d
+            t0 = time.perf_counter()
         produced += accepted
         context.extend(draft[:accepted])
         decoder.rollback(len(context))
         logits = verified[accepted]
         excluded = draft[accepted] if accepted < len(draft) and not params.greedy else None
+
+
+def _add_time(stats: DecodeStats, since: float) -> None:
+    """Time since `since` goes to the prompt pass until the first token exists, then to decoding."""
+    seconds = time.perf_counter() - since
+    if stats.new_tokens:
+        stats.decode_s += seconds
+    else:
+        stats.prompt_s += seconds
+
+
+def _count_token(stats: DecodeStats, since: float) -> None:
+    """A new token is about to be yielded: time so far is booked, the caller's time is not."""
+    _add_time(stats, since)
+    stats.new_tokens += 1

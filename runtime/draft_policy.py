@@ -16,20 +16,52 @@ With per-token acceptance a, verifying k tokens yields (1 - a^(k+1)) / (1 - a) n
 (the target's own token included) for the cost of a (k + 1)-token pass; the policy picks the k with
 the best ratio, and k = 0 (a plain step) when no draft beats plain decoding. Greedy output does not
 depend on k: only the speed does.
+
+Pass costs (`PassCosts`) are one table per loaded model, shared by concurrent generations behind a lock;
+acceptance is per generation (one `CostAwareLength` each).
 """
 
 from __future__ import annotations
 
 import statistics
+import threading
 from collections import defaultdict, deque
 
 SAMPLES = 9  # pass timings kept per length: a running median shrugs off a preempted pass
 PRIOR_ACCEPTED, PRIOR_TRIALS = 1.6, 2.0
 
 
-class CostAwareLength:
+class PassCosts:
+    """Seconds per forward pass of M tokens: a running median per M. Thread-safe (one per model, shared)."""
+
     def __init__(self) -> None:
         self._seconds: dict[int, deque[float]] = defaultdict(lambda: deque(maxlen=SAMPLES))
+        self._lock = threading.Lock()
+
+    def record(self, tokens: int, seconds: float) -> None:
+        with self._lock:
+            self._seconds[tokens].append(seconds)
+
+    def costs(self, longest: int) -> list[float | None]:
+        """cost(m) for m = 1..longest (index m - 1): measured, else the nearest shorter measured length's
+        (optimistic, so that the length gets tried and measured); all None before any pass was timed."""
+        with self._lock:
+            known = {m: statistics.median(s) for m, s in self._seconds.items() if s}
+        if not known:
+            return [None] * longest
+        out: list[float | None] = []
+        for m in range(1, longest + 1):
+            shorter = [n for n in known if n <= m]
+            out.append(known[m] if m in known else known[max(shorter)] if shorter else known[min(known)])
+        return out
+
+
+class CostAwareLength:
+    """The draft length policy of one generation: its own acceptance counts over shared `costs`
+    (a fresh table when none is given)."""
+
+    def __init__(self, costs: PassCosts | None = None) -> None:
+        self.costs = costs if costs is not None else PassCosts()
         self._accepted: dict[object, int] = defaultdict(int)
         self._trials: dict[object, int] = defaultdict(int)
 
@@ -39,7 +71,7 @@ class CostAwareLength:
         self._trials.clear()
 
     def record_pass(self, tokens: int, seconds: float) -> None:
-        self._seconds[tokens].append(seconds)
+        self.costs.record(tokens, seconds)
 
     def record_draft(self, source: object, drafted: int, accepted: int) -> None:
         """Acceptance stops at the first rejection: `accepted` successes out of accepted + (1 if one was rejected)."""
@@ -50,26 +82,14 @@ class CostAwareLength:
         return (self._accepted[source] + PRIOR_ACCEPTED) / (self._trials[source] + PRIOR_TRIALS)
 
     def cost(self, tokens: int) -> float | None:
-        """Seconds for a pass of `tokens` tokens: measured, else the nearest shorter measured length's (optimistic,
-        so that the length gets tried and measured); None before any pass was timed."""
-        return self._costs(tokens)[-1]
-
-    def _costs(self, longest: int) -> list[float | None]:
-        """cost(m) for m = 1..longest (index m - 1), from one median per measured length."""
-        known = {m: statistics.median(s) for m, s in self._seconds.items() if s}
-        if not known:
-            return [None] * longest
-        out: list[float | None] = []
-        for m in range(1, longest + 1):
-            shorter = [n for n in known if n <= m]
-            out.append(known[m] if m in known else known[max(shorter)] if shorter else known[min(known)])
-        return out
+        """Seconds for a pass of `tokens` tokens (see PassCosts.costs); None before any pass was timed."""
+        return self.costs.costs(tokens)[-1]
 
     def length(self, source: object, available: int) -> int:
         """The number of drafted tokens (0..available) to verify in the next pass."""
         if not available:
             return 0
-        costs = self._costs(available + 1)
+        costs = self.costs.costs(available + 1)
         if costs[0] is None:
             return available
         a = min(self.acceptance(source), 0.999)
