@@ -10,14 +10,14 @@ import sys
 from pathlib import Path
 
 from edgekit.exporters.pipeline import export
-from edgekit.runtime import GenerationConfig, load
+from edgekit.runtime import load
 
 
 def main(pkg: Path) -> None:
     if not pkg.exists():
         export("smollm2-135m", pkg)
     model = load(pkg)
-    for piece in model.stream("The capital of France is", gen=GenerationConfig(max_new_tokens=24)):
+    for piece in model.stream("The capital of France is", max_new_tokens=24):
         print(piece, end="", flush=True)
     print()
 
