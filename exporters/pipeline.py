@@ -10,8 +10,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -162,8 +162,10 @@ def write_package(main: PackageContents, out: Path, draft: PackageContents | Non
         raise EdgekitError("output already exists (remove it or choose another -o)", out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_partials(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+    # Named first and created inside `try`, so an interrupt arriving just after the mkdir still removes it.
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
     try:
+        tmp.mkdir(mode=0o700)
         extra: dict[str, Any] = {}
         if draft is not None:
             (tmp / DRAFT_FOLDER).mkdir()
