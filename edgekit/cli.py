@@ -224,5 +224,18 @@ def bench(pkg: str, prompt_lengths: str, new_tokens: int, rounds: int, device: s
         sys.exit(1)
 
 
+@main.command()
+@click.argument("pkg")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_one_line_errors
+def inspect(pkg: str, as_json: bool) -> None:
+    """Summarize PKG from its manifest alone (source, architecture, recipe, formats per layer, files, graph,
+    targets, tokenizer, draft); loads no graph."""
+    from edgekit.manifest_summary import summarize, summary_table
+
+    summary = summarize(pkg)
+    click.echo(json.dumps(summary, indent=2) if as_json else summary_table(summary))
+
+
 if __name__ == "__main__":
     main()
