@@ -168,7 +168,12 @@ def validate(pkg: str, reference_src: str, device: str, tokens: int, text_file: 
     reference = TorchReference(reference_src, device)
     text = open(text_file, encoding="utf-8").read() if text_file else None
     report = run_validate(model, reference, tokens, text, Thresholds(min_greedy, max_ppl_delta, min_top1, max_kl))
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
+    if as_json:  # the package block lets `edgekit report` match this result with bench results
+        from edgekit.runtime.bench_environment import package_identity
+
+        click.echo(json.dumps({**report.to_dict(), "package": package_identity(pkg)}, indent=2))
+    else:
+        click.echo(report.table())
     if report.failures:
         sys.exit(1)
 
@@ -235,6 +240,23 @@ def inspect(pkg: str, as_json: bool) -> None:
 
     summary = summarize(pkg)
     click.echo(json.dumps(summary, indent=2) if as_json else summary_table(summary))
+
+
+@main.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+              help="HTML file to write (self-contained: plotly.js embedded, works offline).")
+@_one_line_errors
+def report(results: tuple[str, ...], out: str) -> None:
+    """Chart RESULTS (`bench --format json` outputs, and `validate --json` outputs of the same packages) as one
+    HTML page: TTFT and per-token latency distributions, and size against speed coloured by perplexity change."""
+    from edgekit.report import write_report
+
+    written = write_report(list(results), out)
+    for file in written.unmatched:
+        click.echo(f"edgekit: {file}: no bench result of the same package; left out", err=True)
+    click.echo(f"wrote {out}: {len(written.bench)} bench rows, "
+               f"{len(written.validations) - len(written.unmatched)} validate results")
 
 
 if __name__ == "__main__":
