@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -82,3 +85,29 @@ def test_bad_prompt_lengths_are_one_line(tiny_gguf_pkg: Path) -> None:
         assert words in result.output and len(result.output.strip().splitlines()) == 1, result.output
     result = CliRunner().invoke(main, ["bench", str(tiny_gguf_pkg), "--threads", "2,-1"])
     assert result.exit_code == 2 and "-1 is not a thread count" in result.output
+
+
+DEVICE_ONLY = textwrap.dedent("""
+    import sys
+
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "transformers", "gguf", "onnx", "plotly") or name == "edgekit.report":
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    from edgekit.runtime.bench import run_sweep
+    from edgekit.runtime.bench_formats import FORMATS, render
+
+    result = run_sweep(sys.argv[1], (1,), (8,), new_tokens=3, rounds=1)
+    print(all(render(result, fmt) for fmt in FORMATS))
+""")
+
+
+def test_bench_runs_on_the_device_side_only(tiny_gguf_pkg: Path) -> None:
+    """bench and its formats need neither the workstation libraries nor the report's plotly."""
+    result = subprocess.run([sys.executable, "-c", DEVICE_ONLY, str(tiny_gguf_pkg)], check=False,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
