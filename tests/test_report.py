@@ -104,10 +104,10 @@ def _png_pixel_bytes(png: bytes) -> bytes:
     return zlib.decompress(data)
 
 
+@pytest.mark.skipif(_chromium() is None, reason="no chromium binary (Debian: apt-get install -y chromium)")
 def test_report_renders_in_headless_chromium(results: dict[str, Path], tmp_path: Path) -> None:
     browser = _chromium()
-    if browser is None:
-        pytest.skip("no chromium binary (Debian: apt-get install -y chromium)")
+    assert browser is not None
     out = tmp_path / "report.html"
     _report(results, out, "gguf", "hf", "validate")
     dom = _headless(browser, "--dump-dom", out.as_uri())
