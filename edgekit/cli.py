@@ -237,9 +237,22 @@ def validate(pkg: str, reference_src: str, device: str, tokens: int, text_file: 
     reference = TorchReference(reference_src, device)
     text = open(text_file, encoding="utf-8").read() if text_file else None
     report = run_validate(model, reference, tokens, text, Thresholds(min_greedy, max_ppl_delta, min_top1, max_kl))
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
+    if as_json:  # the package block lets `edgekit report` match this result with bench results
+        from edgekit.runtime.bench_environment import package_identity
+
+        click.echo(json.dumps({**report.to_dict(), "package": package_identity(pkg)}, indent=2))
+    else:
+        click.echo(report.table())
     if report.failures:
         sys.exit(1)
+
+
+def _int_list(option: str, value: str) -> tuple[int, ...]:
+    """A comma-separated option (`--threads 1,2,4`) as integers, or one line naming the option and the value."""
+    try:
+        return tuple(int(x) for x in value.split(","))
+    except ValueError:
+        raise EdgekitError(f"{option} must be comma-separated integers, got {value!r}") from None
 
 
 @main.command()
@@ -248,7 +261,9 @@ def validate(pkg: str, reference_src: str, device: str, tokens: int, text_file: 
 @click.option("--new-tokens", type=click.IntRange(2), default=64, show_default=True)
 @click.option("--rounds", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--device", type=DEVICES, default="cpu", show_default=True)
-@click.option("--threads", type=click.IntRange(0), default=0, help="0: onnxruntime's default.")
+@click.option("--threads", default="0", show_default=True,
+              help="Comma-separated thread counts, one row each (the package reloaded per count); "
+                   "0: onnxruntime's default.")
 @click.option("--fast", is_flag=True, help="int8 activations: faster, not exact (opt-in).")
 @click.option("--max-ttft-ms", type=float, default=None, help="Budget: fail if any TTFT is above.")
 @click.option("--min-tokens-per-s", type=float, default=None, help="Budget: fail if decode is slower.")
@@ -257,23 +272,60 @@ def validate(pkg: str, reference_src: str, device: str, tokens: int, text_file: 
               help="Also measure speculative decoding (acceptance, speedup over plain in the same run).")
 @click.option("--draft-len", type=click.IntRange(1, 16), default=4, show_default=True)
 @click.option("--float-passes", is_flag=True, help=FLOAT_PASSES_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "md", "csv"]), default=None,
+              help="Output format [table]; json holds the raw per-round numbers and the environment.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @_one_line_errors
-def bench(pkg: str, prompt_lengths: str, new_tokens: int, rounds: int, device: str, threads: int, fast: bool,
+def bench(pkg: str, prompt_lengths: str, new_tokens: int, rounds: int, device: str, threads: str, fast: bool,
           max_ttft_ms: float | None, min_tokens_per_s: float | None, max_rss_mb: float | None,
-          speculative: str | None, draft_len: int, float_passes: bool, as_json: bool) -> None:
-    """Measure PKG's latency on this device; exit 1 when a budget is missed."""
-    from edgekit.runtime.bench import check_budgets, run_bench
+          speculative: str | None, draft_len: int, float_passes: bool, fmt: str | None, as_json: bool) -> None:
+    """Measure PKG's latency on this device; exit 1 when a budget is missed (in any row of a sweep)."""
+    from edgekit.runtime.bench import check_budgets, run_sweep
+    from edgekit.runtime.bench_formats import render
 
-    try:
-        lengths = tuple(int(x) for x in prompt_lengths.split(","))
-    except ValueError:
-        raise EdgekitError(f"--prompt-lengths must be comma-separated integers, got {prompt_lengths!r}") from None
-    report = run_bench(pkg, lengths, new_tokens, rounds, device, fast, threads, speculative, draft_len, float_passes)
-    check_budgets(report, max_ttft_ms, min_tokens_per_s, max_rss_mb)
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
-    if report.budget_failures:
+    if as_json and fmt not in (None, "json"):
+        raise EdgekitError(f"--json and --format {fmt} disagree (--json is --format json)")
+    lengths = _int_list("--prompt-lengths", prompt_lengths)
+    thread_counts = _int_list("--threads", threads)
+    if any(t < 0 for t in thread_counts):
+        raise EdgekitError(f"--threads: {min(thread_counts)} is not a thread count (0: onnxruntime's default)")
+    result = run_sweep(pkg, thread_counts, lengths, new_tokens=new_tokens, rounds=rounds, device=device, fast=fast,
+                       speculative=speculative, draft_len=draft_len, float_passes=float_passes)
+    for row in result.rows:
+        check_budgets(row, max_ttft_ms, min_tokens_per_s, max_rss_mb)
+    click.echo(render(result, "json" if as_json else fmt or "table"))
+    if result.budget_failures:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("pkg")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_one_line_errors
+def inspect(pkg: str, as_json: bool) -> None:
+    """Summarize PKG from its manifest alone (source, architecture, recipe, formats per layer, files, graph,
+    targets, tokenizer, draft); loads no graph."""
+    from edgekit.manifest_summary import summarize, summary_table
+
+    summary = summarize(pkg)
+    click.echo(json.dumps(summary, indent=2) if as_json else summary_table(summary))
+
+
+@main.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+              help="HTML file to write (self-contained: plotly.js embedded, works offline).")
+@_one_line_errors
+def report(results: tuple[str, ...], out: str) -> None:
+    """Chart RESULTS (`bench --format json` outputs, and `validate --json` outputs of the same packages) as one
+    HTML page: TTFT and per-token latency distributions, and size against speed coloured by perplexity change."""
+    from edgekit.report import write_report
+
+    written = write_report(list(results), out)
+    for file in written.unmatched:
+        click.echo(f"edgekit: {file}: no bench result of the same package; left out", err=True)
+    click.echo(f"wrote {out}: {len(written.bench)} bench rows, "
+               f"{len(written.validations) - len(written.unmatched)} validate results")
 
 
 if __name__ == "__main__":

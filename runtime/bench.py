@@ -1,7 +1,8 @@
 """`edgekit bench`: the on-device latency check (numpy + onnxruntime only, so it runs where the app runs).
 
 Time to first token is measured per prompt length on a fresh cache; decode speed from the
-per-token latencies of one long generation that never stops early. Medians over rounds.
+per-token latencies of one long generation that never stops early. Medians over rounds, with their
+quartiles and range, and the raw per-round numbers for `edgekit report`'s distributions.
 """
 
 from __future__ import annotations
@@ -12,56 +13,53 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from edgekit.runtime.bench_environment import bench_environment, load_average
 from edgekit.runtime.generator import GenerationConfig, Model
 
+from edgekit.errors import EdgekitError
 from edgekit.evaltext import default_text
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, quartiles (q1, q3) and range (min, max) of per-round measurements, in their own unit."""
+    q1, median, q3 = (float(x) for x in np.percentile(values, [25, 50, 75]))
+    return {"median": median, "q1": q1, "q3": q3, "min": float(min(values)), "max": float(max(values))}
 
 
 @dataclass
 class BenchReport:
+    """One measured configuration (one thread count). Times in ms unless named `_s`; sizes in MB (10^6 bytes)
+    except `peak_rss_mb` (MiB)."""
+
     device: str
     mode: str
-    threads: int
+    threads: int  # as requested; 0: onnxruntime's default
     load_s: float
     ttft_ms: dict[int, float]  # prompt length -> median ms
-    decode_tokens_per_s: float
-    token_latency_ms: dict[str, float]  # p50 / p90 / p99
+    decode_tokens_per_s: float  # median over rounds
+    token_latency_ms: dict[str, float]  # p50 / p90 / p99 of every round's inter-token gaps
     new_tokens: int
     peak_rss_mb: float
     size_on_disk_mb: float
     speculative: dict[str, object] | None = None  # mode, tokens/s, speedup over plain, acceptance
     budget_failures: list[str] = field(default_factory=list)
+    rounds: int = 1
+    ttft_spread_ms: dict[int, dict[str, float]] = field(default_factory=dict)  # prompt length -> spread()
+    decode_tokens_per_s_spread: dict[str, float] = field(default_factory=dict)  # spread() of per-round rates
+    # The raw measurements behind the medians (the report's distributions): per prompt length one TTFT per
+    # round, and per round the gap before each token after the first.
+    ttft_rounds_ms: dict[int, list[float]] = field(default_factory=dict)
+    token_latencies_ms: list[list[float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
-        d["ttft_ms"] = {str(k): v for k, v in self.ttft_ms.items()}
+        for key in ("ttft_ms", "ttft_spread_ms", "ttft_rounds_ms"):
+            d[key] = {str(k): v for k, v in d[key].items()}
         d["passed"] = not self.budget_failures
         return d
-
-    def table(self) -> str:
-        rows = [("device", f"{self.device} ({self.mode}, {self.threads or 'default'} threads)"),
-                ("load", f"{self.load_s:.2f} s")]
-        rows += [(f"TTFT, {n}-token prompt", f"{ms:.1f} ms") for n, ms in self.ttft_ms.items()]
-        rows += [
-            ("decode", f"{self.decode_tokens_per_s:.1f} tokens/s ({self.new_tokens} new tokens)"),
-            ("token latency p50/p90/p99", " / ".join(f"{self.token_latency_ms[p]:.2f}" for p in ("p50", "p90", "p99"))
-             + " ms"),
-            ("peak RSS", f"{self.peak_rss_mb:.0f} MB"),
-            ("size on disk", f"{self.size_on_disk_mb:.1f} MB"),
-        ]
-        if self.speculative:
-            sp = self.speculative
-            rows.append((f"speculative ({sp['mode']}, k={sp['draft_len']})",
-                         f"{sp['decode_tokens_per_s']:.1f} tokens/s, {sp['speedup']:.2f}x plain, acceptance "
-                         f"{sp['acceptance_rate']:.0%}, {sp['accepted_per_pass']:.2f} accepted/pass, "
-                         f"output {'identical' if sp['identical_output'] else 'DIFFERENT'}"))
-        rows += [
-            ("budgets", "all met" if not self.budget_failures else "MISSED: " + "; ".join(self.budget_failures)),
-        ]
-        w = max(len(k) for k, _ in rows)
-        return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 
 
 def peak_rss_mb() -> float:
@@ -100,10 +98,14 @@ def decode_rate(model: Model, prompt_tokens: int = 128, new_tokens: int = 64, ro
     return _median_rate([decode_latencies(model, ids, gen)[0] for _ in range(rounds)])
 
 
+def round_rates(per_round: list[list[float]]) -> list[float]:
+    """Tokens/s of each round, from its inter-token gaps (seconds)."""
+    return [len(lat) / sum(lat) for lat in per_round]
+
+
 def _median_rate(per_round: list[list[float]]) -> float:
-    """Tokens/s of the median round (by total time)."""
-    lat = sorted(per_round, key=sum)[len(per_round) // 2]
-    return len(lat) / sum(lat)
+    """Median tokens/s over rounds."""
+    return statistics.median(round_rates(per_round))
 
 
 def speculative_summary(model: Model, ids: list[int], plain_tokens: list[int], plain_rate: float, mode: str,
@@ -117,20 +119,45 @@ def speculative_summary(model: Model, ids: list[int], plain_tokens: list[int], p
             "identical_output": runs[-1][1] == plain_tokens}
 
 
+def check_lengths(prompt_lengths: tuple[int, ...], new_tokens: int, max_length: int | None = None) -> None:
+    """Refuse prompt lengths the benchmark cannot run, naming the value (before loading when max_length is None,
+    against the loaded context after)."""
+    if not prompt_lengths:
+        raise EdgekitError("--prompt-lengths: give at least one prompt length")
+    for n in prompt_lengths:
+        if n < 1:
+            raise EdgekitError(f"--prompt-lengths: {n} is not a prompt length (at least 1 token)")
+        if max_length is not None and n >= max_length:
+            raise EdgekitError(f"--prompt-lengths: {n} tokens do not fit the model's context of {max_length} "
+                               "tokens (the first token needs one more)")
+    if max_length is not None and decode_prompt_length(prompt_lengths) + new_tokens > max_length:
+        raise EdgekitError(f"--new-tokens: {new_tokens} new tokens after a {decode_prompt_length(prompt_lengths)}"
+                           f"-token prompt do not fit the model's context of {max_length} tokens")
+
+
+def decode_prompt_length(prompt_lengths: tuple[int, ...]) -> int:
+    """Decode speed is measured after a prompt of this many tokens."""
+    return min(128, max(prompt_lengths))
+
+
 def run_bench(path: str | Path, prompt_lengths: tuple[int, ...] = (16, 128, 512), new_tokens: int = 64,
               rounds: int = 3, device: str = "cpu", fast: bool = False, threads: int = 0,
               speculative: str | None = None, draft_len: int = 4, float_passes: bool = False) -> BenchReport:
+    """Load the package once with `threads` (0: onnxruntime's default) and measure it."""
+    check_lengths(prompt_lengths, new_tokens)
     t0 = time.perf_counter()
     model = Model(path, device=device, fast=fast, threads=threads, max_length=max(prompt_lengths) + new_tokens + 1,
                   draft=speculative == "draft", float_passes=float_passes)
     load_s = time.perf_counter() - t0
-    time_to_first_token(model, _prompt_ids(model, 8))  # warm-up: first runs allocate
-    ttft = {n: statistics.median(time_to_first_token(model, _prompt_ids(model, n)) for _ in range(rounds))
-            for n in prompt_lengths}
-    decode_ids = _prompt_ids(model, min(128, max(prompt_lengths)))
+    check_lengths(prompt_lengths, new_tokens, model.max_length)
+    time_to_first_token(model, _prompt_ids(model, min(8, model.max_length - 1)))  # warm-up: first runs allocate
+    ttft_rounds = {n: [time_to_first_token(model, _prompt_ids(model, n)) for _ in range(rounds)]
+                   for n in prompt_lengths}
+    decode_ids = _prompt_ids(model, decode_prompt_length(prompt_lengths))
     runs = [decode_latencies(model, decode_ids, GenerationConfig(new_tokens, stop_token_ids=())) for _ in range(rounds)]
     per_round = [lat for lat, _ in runs]
-    rate = _median_rate(per_round)
+    rates = round_rates(per_round)
+    rate = statistics.median(rates)
     spec = speculative and speculative_summary(model, decode_ids, runs[-1][1], rate, speculative, draft_len,
                                                new_tokens, rounds)
     all_lat = np.array([x for lat in per_round for x in lat]) * 1e3
@@ -138,10 +165,48 @@ def run_bench(path: str | Path, prompt_lengths: tuple[int, ...] = (16, 128, 512)
     return BenchReport(
         device=model.provider, threads=threads,
         mode="fast (int8 activations)" if fast else "exact" + (", float32 multi-token passes" if float_passes else ""),
-        load_s=load_s, ttft_ms=ttft, decode_tokens_per_s=rate, speculative=spec or None,
+        load_s=load_s, ttft_ms={n: statistics.median(v) for n, v in ttft_rounds.items()},
+        decode_tokens_per_s=rate, speculative=spec or None,
         token_latency_ms={p: float(np.percentile(all_lat, int(p[1:]))) for p in ("p50", "p90", "p99")},
-        new_tokens=new_tokens, peak_rss_mb=peak_rss_mb(), size_on_disk_mb=size,
+        new_tokens=new_tokens, peak_rss_mb=peak_rss_mb(), size_on_disk_mb=size, rounds=rounds,
+        ttft_spread_ms={n: spread(v) for n, v in ttft_rounds.items()}, decode_tokens_per_s_spread=spread(rates),
+        ttft_rounds_ms=ttft_rounds, token_latencies_ms=[[x * 1e3 for x in lat] for lat in per_round],
     )
+
+
+@dataclass
+class BenchResult:
+    """A bench run: the environment and one report per thread count (the package reloaded for each)."""
+
+    environment: dict[str, Any]
+    rows: list[BenchReport]
+
+    @property
+    def budget_failures(self) -> list[str]:
+        if len(self.rows) == 1:
+            return list(self.rows[0].budget_failures)
+        return [f"threads {r.threads or 'default'}: {f}" for r in self.rows for f in r.budget_failures]
+
+    def to_dict(self) -> dict[str, object]:
+        """One thread count: that row's fields at the top level (the format before sweeps existed) plus
+        `environment`; a sweep: `environment`, `rows`, `budget_failures` and `passed`."""
+        if len(self.rows) == 1:
+            return {**self.rows[0].to_dict(), "environment": self.environment}
+        return {"environment": self.environment, "rows": [r.to_dict() for r in self.rows],
+                "budget_failures": self.budget_failures, "passed": not self.budget_failures}
+
+
+def run_sweep(path: str | Path, thread_counts: tuple[int, ...] = (0,), prompt_lengths: tuple[int, ...] = (16, 128, 512),
+              **kwargs: Any) -> BenchResult:
+    """run_bench once per thread count (keyword arguments as run_bench's), with the environment around them.
+    Peak RSS is the process's: a later row's includes the earlier rows' peaks."""
+    check_lengths(prompt_lengths, int(kwargs.get("new_tokens", 64)))
+    load_before = load_average()
+    rows = [run_bench(path, prompt_lengths, threads=t, **kwargs) for t in thread_counts]
+    environment = bench_environment(path, rows[0].device, list(thread_counts))
+    environment["load_average_start"] = load_before
+    environment["load_average_end"] = load_average()
+    return BenchResult(environment, rows)
 
 
 def check_budgets(report: BenchReport, max_ttft_ms: float | None, min_tokens_per_s: float | None,
