@@ -30,10 +30,8 @@ class GGUFFile:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         _check_header(self.path)
-        import gguf  # workstation-side dependency
-
         try:
-            self.reader = gguf.GGUFReader(str(self.path))
+            self.reader = _bounded_reader_class()(str(self.path))
         except Exception as exc:  # the reader raises bare ValueError/IndexError on damaged files
             raise EdgekitError(f"truncated or corrupt GGUF file ({type(exc).__name__}: {exc})", self.path) from exc
         self._check_tensors_within_file()
@@ -46,8 +44,15 @@ class GGUFFile:
             if end > size:
                 raise EdgekitError(f"truncated GGUF file: tensor {t.name} ends at byte {end}, file has {size}", self.path)
 
-    def field_array(self, key: str) -> list[Any]:
-        return _field_value(self.reader.fields[key]) if key in self.reader.fields else []
+    def field_array(self, key: str, kind: type = str) -> list[Any]:
+        """The array field `key` ([] when absent); each element must be a `kind` (float accepts integers)."""
+        if key not in self.reader.fields:
+            return []
+        value = _field_value(self.reader.fields[key])
+        kinds = (int, float) if kind is float else (kind,)
+        if not isinstance(value, list) or not all(isinstance(x, kinds) and not isinstance(x, bool) for x in value):
+            raise EdgekitError(f"{key} is not an array of {kind.__name__}", self.path)
+        return value
 
 
 class GGUFSource(GGUFFile):
@@ -98,10 +103,16 @@ class GGUFSource(GGUFFile):
             if w.ndim == 2:
                 w = w.reshape(-1, n_cols)
         else:
+            if len(t.shape) != 2:
+                raise EdgekitError(f"tensor {t.name} is {ttype} with {len(t.shape)} dimensions: block types are for "
+                                   "matrices", self.path)
             try:
                 w = GGUF_TYPES[ttype].to_block_weight(np.asarray(t.data).reshape(int(t.shape[1]), -1), n_cols)
             except ValueError as exc:
                 raise EdgekitError(f"tensor {t.name}: {exc}", self.path) from exc
+            if not all(np.isfinite(a).all() for a in (w.scales, w.offsets) if a is not None):
+                raise EdgekitError(f"tensor {t.name}: blocks hold scales that are not finite (NaN or inf): damaged file",
+                                   self.path)
         return self.arch.from_gguf(name, w)
 
 
@@ -112,6 +123,21 @@ def _check_header(path: Path) -> None:
         head = f.read(4)
     if head != GGUF_MAGIC:
         raise EdgekitError(f"not a GGUF file: magic {head!r}, expected {GGUF_MAGIC!r}", path)
+
+
+def _bounded_reader_class() -> type:
+    """gguf-py's reader, refusing reads past the end of the file. The stock reader returns empty views there, so a
+    damaged array length (2^40 elements of a number type) loops and grows memory instead of failing."""
+    import gguf  # workstation-side dependency
+
+    class BoundedGGUFReader(gguf.GGUFReader):
+        def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> np.ndarray:
+            end = int(offset) + np.dtype(dtype).itemsize * int(count)
+            if int(count) < 0 or end > len(self.data):
+                raise ValueError(f"a field at byte {int(offset)} runs past the end of the file ({len(self.data)} bytes)")
+            return super()._get(offset, dtype, count, override_order)
+
+    return BoundedGGUFReader
 
 
 def _field_value(field: Any) -> Any:
