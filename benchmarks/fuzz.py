@@ -41,7 +41,9 @@ def worker(parser: str, seeds: list[int], conn: Connection, memory_gib: float, t
     os.environ.setdefault("EDGEKIT_QUIET", "1")
     limit = int(memory_gib * (1 << 30))
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (library warnings, onnxruntime's EP messages)
+    devnull = os.open(os.devnull, os.O_WRONLY)  # warnings of gguf-py, tokenizers (Rust) and onnxruntime (C++)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
     root = Path(tempfile.mkdtemp(prefix="edgekit-fuzz-"))
     try:
         bases = fuzzing.Bases.build(root / "bases")
