@@ -12,14 +12,15 @@ from typing import Any
 
 import numpy as np
 from edgekit.exporters.arch import Metadata, architecture_class
-from edgekit.formats.gguf import GGUF_TYPES
 from edgekit.exporters.weights import Weight
 
 from edgekit.errors import EdgekitError
+from edgekit.formats.gguf import GGUF_TYPES
 from edgekit.model_config import ModelConfig
 
 GGUF_MAGIC = b"GGUF"
 FLOAT_TYPES = ("F32", "F16", "BF16")
+FLOAT16_MAX = 65504.0
 _ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.ggml.scores")
 
 
@@ -110,9 +111,10 @@ class GGUFSource(GGUFFile):
                 w = GGUF_TYPES[ttype].to_block_weight(np.asarray(t.data).reshape(int(t.shape[1]), -1), n_cols)
             except ValueError as exc:
                 raise EdgekitError(f"tensor {t.name}: {exc}", self.path) from exc
-            if not all(np.isfinite(a).all() for a in (w.scales, w.offsets) if a is not None):
-                raise EdgekitError(f"tensor {t.name}: blocks hold scales that are not finite (NaN or inf): damaged file",
-                                   self.path)
+            # GGUF blocks store float16 scales; the graph stores offsets in float16 too (Q4_0's -8·d can overflow it)
+            if not all((np.abs(a) <= FLOAT16_MAX).all() for a in (w.scales, w.offsets) if a is not None):
+                raise EdgekitError(f"tensor {t.name}: blocks hold scales or offsets that are not finite float16 values "
+                                   "(NaN, inf or past ±65504): damaged file", self.path)
         return self.arch.from_gguf(name, w)
 
 
@@ -143,5 +145,5 @@ def _bounded_reader_class() -> type:
 def _field_value(field: Any) -> Any:
     try:
         return field.contents()
-    except Exception:  # fields of types the reader cannot render are not needed
+    except Exception:  # noqa: BLE001 (fields of types the reader cannot render are not needed)
         return None

@@ -126,6 +126,19 @@ def test_gguf_blocks_with_non_finite_scales(tmp_path: Path) -> None:
     _expect_clean(lambda: export(str(tmp_path / "case.gguf"), tmp_path / "out"), "blk.0.ffn_gate.weight", "finite")
 
 
+# Seeds of benchmarks/fuzz.py's long runs that found something (replayed exactly: the seed decides the mutation).
+LONG_RUN_FINDINGS = [
+    ("gguf", 2723, "float16"),  # attn_k's type Q4_1 -> Q4_0: -8·d past float16 in the fused qkv offsets
+    ("gguf", 5652, "float16"),
+]
+
+
+@pytest.mark.parametrize(("parser", "seed", "expected"), LONG_RUN_FINDINGS)
+def test_long_run_findings(bases: fuzzing.Bases, tmp_path: Path, parser: str, seed: int, expected: str) -> None:
+    outcome, what = fuzzing.run_case(parser, seed, bases, tmp_path)
+    assert outcome.kind == fuzzing.CLEAN and expected in outcome.detail, (what, outcome)
+
+
 def _hf_with(bases: fuzzing.Bases, tmp_path: Path, name: str, content: str | bytes) -> Path:
     folder = Path(shutil.copytree(bases.hf, tmp_path / "hf"))
     (folder / name).write_bytes(content.encode() if isinstance(content, str) else content)
