@@ -131,9 +131,7 @@ def _check_manifest(folder: Path, manifest: Manifest, path: Path) -> None:
     draft = data.get("draft")
     if draft is not None:
         expect(isinstance(draft, dict) and isinstance(draft.get("folder"), str), "draft.folder is not a folder name")
-        sub = Path(draft["folder"])
-        expect(bool(draft["folder"]) and not sub.is_absolute() and ".." not in sub.parts
-               and (folder / sub).resolve().is_relative_to(folder.resolve()), "draft.folder leads outside the package")
+        package_path(folder, draft["folder"])
     model = manifest.model
     for f in fields(ModelConfig):
         value = getattr(model, f.name)
@@ -162,7 +160,7 @@ def _is_int(value: object) -> bool:
 def package_path(folder: str | Path, rel: object) -> Path:
     """A path the manifest names, which must stay inside the package folder: relative, no `..`, no symlink out."""
     folder = Path(folder)
-    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+    if not isinstance(rel, str) or not rel or "\x00" in rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
         raise EdgekitError(f"corrupt package: manifest names a path outside the package ({rel!r})", folder)
     path = folder / rel
     if not path.resolve().is_relative_to(folder.resolve()):

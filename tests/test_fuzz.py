@@ -130,6 +130,7 @@ def test_gguf_blocks_with_non_finite_scales(tmp_path: Path) -> None:
 LONG_RUN_FINDINGS = [
     ("gguf", 2723, "float16"),  # attn_k's type Q4_1 -> Q4_0: -8·d past float16 in the fused qkv offsets
     ("gguf", 5652, "float16"),
+    ("package", 1261, "outside the package"),  # tokenizer.file "\x00": ValueError (embedded null byte)
 ]
 
 
@@ -243,7 +244,8 @@ def _section(key: str, value: object) -> object:
     (_section("tokenizer.file", "/etc/passwd"), "outside the package"),
     (_section("tokenizer.chat_template", 3), "tokenizer.chat_template"),
     (_section("generation.stop_token_ids", "2"), "stop_token_ids"),
-    (_section("draft", {"folder": "../.."}), "draft.folder"),
+    (_section("draft", {"folder": "../.."}), "outside the package ('../..')"),
+    (_section("tokenizer.file", "\x00"), "outside the package ('\\x00')"),  # resolve() raised ValueError
     (_section("model.max_position_embeddings", "64"), "model.max_position_embeddings"),
     (_section("model.num_layers", KeyError), "'model' section"),
 ])
