@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError
+from edgekit.jsonfile import read_json
 from edgekit.model_config import ModelConfig
 
 FORMAT_NAME = "edgekit-package"
@@ -51,7 +52,7 @@ class Manifest:
     def model(self) -> ModelConfig:
         try:
             return ModelConfig.from_dict(self.data["model"])
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise EdgekitError(f"corrupt package: manifest 'model' section does not fit this edgekit ({exc})",
                                MANIFEST) from exc
 
@@ -76,28 +77,90 @@ class Manifest:
 
 
 def read_manifest(folder: str | Path) -> Manifest:
+    """The package's manifest, checked whole before anything reads it: sections and types, and every path it
+    names inside the package and listed with its hash."""
     folder = Path(folder)
     path = folder / MANIFEST
     if not folder.is_dir():
+        if folder.is_file() and folder.read_bytes()[:4] == b"GGUF":
+            raise EdgekitError(f"this is a GGUF file: export it first (edgekit export {folder} -o PKG)", folder)
         raise EdgekitError("no such package folder", folder)
     if not path.is_file():
         raise EdgekitError(f"corrupt package: {MANIFEST} is missing", folder)
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgekitError(f"corrupt package: manifest is not valid JSON ({exc})", path) from exc
+    data = read_json(path, "corrupt package: manifest is ")
+    if not isinstance(data, dict):
+        raise EdgekitError(f"corrupt package: manifest is not a JSON object (found {type(data).__name__})", path)
     if data.get("format") != FORMAT_NAME:
         raise EdgekitError(f"not an edgekit package manifest (format {data.get('format')!r})", path)
     if data.get("format_version") != FORMAT_VERSION:
         raise EdgekitError(f"unsupported package format version {data.get('format_version')} "
                            f"(this edgekit reads {FORMAT_VERSION})", path)
-    return Manifest(data)
+    manifest = Manifest(data)
+    _check_manifest(folder, manifest, path)
+    return manifest
+
+
+def _check_manifest(folder: Path, manifest: Manifest, path: Path) -> None:
+    """Every section the runtime reads has the type it expects, so later reads cannot fail half-way."""
+    data = manifest.data
+
+    def expect(ok: bool, what: str) -> None:
+        if not ok:
+            raise EdgekitError(f"corrupt package: manifest {what}", path)
+
+    for section in ("model", "tokenizer", "generation", "graph", "files"):
+        expect(isinstance(data.get(section), dict), f"section {section!r} is missing or not an object")
+    for rel, entry in manifest.files.items():
+        expect(isinstance(entry, dict) and _is_int(entry.get("size")) and entry["size"] >= 0
+               and isinstance(entry.get("sha256"), str), f"files[{rel!r}] is not {{size, sha256}}")
+    graph, tok = data["graph"], data["tokenizer"]
+    expect(isinstance(graph.get("custom_ops"), list) and all(isinstance(o, str) for o in graph["custom_ops"]),
+           "graph.custom_ops is not a list of op names")
+    targets = graph.get("targets", {})
+    expect(isinstance(targets, dict) and all(isinstance(t, dict) for t in targets.values()),
+           "graph.targets is not an object of targets")
+    named = [graph.get("file"), tok.get("file"), *(t.get("file") for t in targets.values()),
+             *(t["fast_file"] for t in targets.values() if "fast_file" in t)]
+    for rel in named:
+        package_file(folder, manifest, rel)
+    stops = data["generation"].get("stop_token_ids")
+    expect(isinstance(stops, list) and all(_is_int(i) for i in stops), "generation.stop_token_ids is not a list "
+           "of token ids")
+    for key in ("chat_template", "bos_token", "eos_token"):
+        expect(tok.get(key) is None or isinstance(tok[key], str), f"tokenizer.{key} is not text")
+    draft = data.get("draft")
+    if draft is not None:
+        expect(isinstance(draft, dict) and isinstance(draft.get("folder"), str), "draft.folder is not a folder name")
+        package_path(folder, draft["folder"])
+    model = manifest.model
+    for f in fields(ModelConfig):
+        value = getattr(model, f.name)
+        kind = str(f.type)
+        if value is None and "None" in kind:
+            continue
+        if kind.startswith("int"):
+            expect(_is_int(value) and 0 < value < 1 << 31, f"model.{f.name} is {value!r}, expected a positive integer")
+        elif kind.startswith("float"):
+            expect(isinstance(value, (int, float)) and not isinstance(value, bool),
+                   f"model.{f.name} is {value!r}, expected a number")
+        elif kind.startswith("bool"):
+            expect(isinstance(value, bool), f"model.{f.name} is {value!r}, expected true or false")
+        elif kind.startswith("str"):
+            expect(isinstance(value, str), f"model.{f.name} is {value!r}, expected text")
+        elif kind.startswith("dict"):
+            expect(isinstance(value, dict), f"model.{f.name} is {value!r}, expected an object")
+        elif kind.startswith("tuple"):
+            expect(all(_is_int(v) and v > 0 for v in value), f"model.{f.name} is {value!r}, expected widths")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def package_path(folder: str | Path, rel: object) -> Path:
     """A path the manifest names, which must stay inside the package folder: relative, no `..`, no symlink out."""
     folder = Path(folder)
-    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+    if not isinstance(rel, str) or not rel or "\x00" in rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
         raise EdgekitError(f"corrupt package: manifest names a path outside the package ({rel!r})", folder)
     path = folder / rel
     if not path.resolve().is_relative_to(folder.resolve()):

@@ -12,14 +12,15 @@ from typing import Any
 
 import numpy as np
 from edgekit.exporters.arch import Metadata, architecture_class
-from edgekit.formats.gguf import GGUF_TYPES
 from edgekit.exporters.weights import Weight
 
 from edgekit.errors import EdgekitError
+from edgekit.formats.gguf import GGUF_TYPES
 from edgekit.model_config import ModelConfig
 
 GGUF_MAGIC = b"GGUF"
 FLOAT_TYPES = ("F32", "F16", "BF16")
+FLOAT16_MAX = 65504.0
 _ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.ggml.scores")
 
 
@@ -30,10 +31,8 @@ class GGUFFile:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         _check_header(self.path)
-        import gguf  # workstation-side dependency
-
         try:
-            self.reader = gguf.GGUFReader(str(self.path))
+            self.reader = _bounded_reader_class()(str(self.path))
         except Exception as exc:  # the reader raises bare ValueError/IndexError on damaged files
             raise EdgekitError(f"truncated or corrupt GGUF file ({type(exc).__name__}: {exc})", self.path) from exc
         self._check_tensors_within_file()
@@ -46,8 +45,15 @@ class GGUFFile:
             if end > size:
                 raise EdgekitError(f"truncated GGUF file: tensor {t.name} ends at byte {end}, file has {size}", self.path)
 
-    def field_array(self, key: str) -> list[Any]:
-        return _field_value(self.reader.fields[key]) if key in self.reader.fields else []
+    def field_array(self, key: str, kind: type = str) -> list[Any]:
+        """The array field `key` ([] when absent); each element must be a `kind` (float accepts integers)."""
+        if key not in self.reader.fields:
+            return []
+        value = _field_value(self.reader.fields[key])
+        kinds = (int, float) if kind is float else (kind,)
+        if not isinstance(value, list) or not all(isinstance(x, kinds) and not isinstance(x, bool) for x in value):
+            raise EdgekitError(f"{key} is not an array of {kind.__name__}", self.path)
+        return value
 
 
 class GGUFSource(GGUFFile):
@@ -98,10 +104,17 @@ class GGUFSource(GGUFFile):
             if w.ndim == 2:
                 w = w.reshape(-1, n_cols)
         else:
+            if len(t.shape) != 2:
+                raise EdgekitError(f"tensor {t.name} is {ttype} with {len(t.shape)} dimensions: block types are for "
+                                   "matrices", self.path)
             try:
                 w = GGUF_TYPES[ttype].to_block_weight(np.asarray(t.data).reshape(int(t.shape[1]), -1), n_cols)
             except ValueError as exc:
                 raise EdgekitError(f"tensor {t.name}: {exc}", self.path) from exc
+            # GGUF blocks store float16 scales; the graph stores offsets in float16 too (Q4_0's -8·d can overflow it)
+            if not all((np.abs(a) <= FLOAT16_MAX).all() for a in (w.scales, w.offsets) if a is not None):
+                raise EdgekitError(f"tensor {t.name}: blocks hold scales or offsets that are not finite float16 values "
+                                   "(NaN, inf or past ±65504): damaged file", self.path)
         return self.arch.from_gguf(name, w)
 
 
@@ -114,8 +127,23 @@ def _check_header(path: Path) -> None:
         raise EdgekitError(f"not a GGUF file: magic {head!r}, expected {GGUF_MAGIC!r}", path)
 
 
+def _bounded_reader_class() -> type:
+    """gguf-py's reader, refusing reads past the end of the file. The stock reader returns empty views there, so a
+    damaged array length (2^40 elements of a number type) loops and grows memory instead of failing."""
+    import gguf  # workstation-side dependency
+
+    class BoundedGGUFReader(gguf.GGUFReader):
+        def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> np.ndarray:
+            end = int(offset) + np.dtype(dtype).itemsize * int(count)
+            if int(count) < 0 or end > len(self.data):
+                raise ValueError(f"a field at byte {int(offset)} runs past the end of the file ({len(self.data)} bytes)")
+            return super()._get(offset, dtype, count, override_order)
+
+    return BoundedGGUFReader
+
+
 def _field_value(field: Any) -> Any:
     try:
         return field.contents()
-    except Exception:  # fields of types the reader cannot render are not needed
+    except Exception:  # noqa: BLE001 (fields of types the reader cannot render are not needed)
         return None

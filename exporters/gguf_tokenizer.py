@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from edgekit.exporters.arch import Metadata
 from edgekit.exporters.gguf_sentencepiece import sentencepiece_tokenizer
 from edgekit.exporters.gguf_source import GGUFFile
 from gguf import TokenType
@@ -67,22 +68,23 @@ class GGUFVocab:
 
 def read_vocab(src: GGUFFile) -> GGUFVocab:
     m = src.metadata
+    meta = Metadata(m, src.path)
     tokens: list[str] = src.field_array("tokenizer.ggml.tokens")
     if not tokens:
         raise EdgekitError("tokenizer.ggml.tokens is missing or empty", src.path)
     n = len(tokens)
-    types: list[int] = src.field_array("tokenizer.ggml.token_type") or [TokenType.NORMAL] * n
-    scores: list[float] | None = src.field_array("tokenizer.ggml.scores") or None
+    types: list[int] = src.field_array("tokenizer.ggml.token_type", int) or [TokenType.NORMAL] * n
+    scores: list[float] | None = src.field_array("tokenizer.ggml.scores", float) or None
     for key, array in (("token_type", types), ("scores", scores)):
         if array is not None and len(array) != n:
             raise EdgekitError(f"tokenizer.ggml.{key} has {len(array)} entries, expected one per token ({n})",
                                src.path)
 
     def token_id(key: str) -> int | None:
-        value = m.get(f"tokenizer.ggml.{key}")
-        if value is not None and not 0 <= int(value) < n:
+        value = meta.get(f"tokenizer.ggml.{key}", int)
+        if value is not None and not 0 <= value < n:
             raise EdgekitError(f"tokenizer.ggml.{key} is {value}, outside the vocabulary of {n} tokens", src.path)
-        return None if value is None else int(value)
+        return value
 
     return GGUFVocab(tokens=tokens, types=types, scores=scores, bos=token_id("bos_token_id"),
                      eos=token_id("eos_token_id"), unk=token_id("unknown_token_id"),
@@ -93,7 +95,8 @@ def read_vocab(src: GGUFFile) -> GGUFVocab:
 def build_tokenizer(src: GGUFFile) -> tuple[Tokenizer, dict[str, Any]]:
     """The tokenizer, and the facts the runtime needs about it (bos/eos ids, add_bos, stop ids, chat template)."""
     m = src.metadata
-    model_type = m.get("tokenizer.ggml.model")
+    meta = Metadata(m, src.path)
+    model_type = meta.get("tokenizer.ggml.model", str)
     if model_type not in TOKENIZER_MODELS:
         found = "no tokenizer.ggml.model" if model_type is None else f"unsupported tokenizer model {model_type!r}"
         raise EdgekitError(f"{found} (supported: {', '.join(TOKENIZER_MODELS.values())})", src.path)
@@ -117,7 +120,7 @@ def build_tokenizer(src: GGUFFile) -> tuple[Tokenizer, dict[str, Any]]:
         "eos_token_id": eos,
         "add_bos_token": vocab.add_bos,
         "stop_token_ids": stop_ids,
-        "chat_template": m.get("tokenizer.chat_template"),
+        "chat_template": meta.get("tokenizer.chat_template", str),
         "bos_token": tokens[bos] if bos is not None else None,
         "eos_token": tokens[eos] if eos is not None else None,
     }
@@ -125,7 +128,7 @@ def build_tokenizer(src: GGUFFile) -> tuple[Tokenizer, dict[str, Any]]:
 
 
 def _byte_level_bpe(src: GGUFFile, vocab: GGUFVocab) -> Tokenizer:
-    pre = src.metadata.get("tokenizer.ggml.pre") or "default"
+    pre = Metadata(src.metadata, src.path).get("tokenizer.ggml.pre", str) or "default"
     if pre not in PRE_TOKENIZERS:
         raise EdgekitError(f"unsupported pre-tokenizer {pre!r} (supported: {', '.join(PRE_TOKENIZERS)})", src.path)
     ids = {tok: i for i, tok in enumerate(vocab.tokens)}

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from edgekit.exporters.arch import Metadata, architecture_class
+from edgekit.exporters.arch.base import LIMITS
 from edgekit.exporters.gguf_tokenizer import END_TOKENS
 from edgekit.exporters.weights import Weight
 from tokenizers import Tokenizer
 
 from edgekit.errors import EdgekitError
+from edgekit.jsonfile import read_json_object
 
 
 class HFSource:
@@ -25,17 +26,14 @@ class HFSource:
         cfg_path = self.path / "config.json"
         if not cfg_path.is_file():
             raise EdgekitError("not a Hugging Face model folder: config.json is missing", self.path)
-        try:
-            self.hf_config: dict[str, Any] = json.loads(cfg_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise EdgekitError(f"config.json is not valid JSON ({exc})", cfg_path) from exc
-        if not isinstance(self.hf_config, dict):
-            raise EdgekitError("config.json is not a JSON object", cfg_path)
+        self.hf_config: dict[str, Any] = read_json_object(cfg_path)
         self.arch_class = architecture_class(self.hf_config.get("model_type"), cfg_path)
         if self.hf_config.get("mlp_bias"):
             raise EdgekitError("unsupported: MLP biases (mlp_bias=true)", cfg_path)
         meta = Metadata(self.hf_config, cfg_path)
         self._n_layers = meta.require("num_hidden_layers")
+        if not 0 < self._n_layers <= LIMITS["num_layers"]:  # before tensor names are mapped for every layer
+            raise EdgekitError(f"num_hidden_layers is {self._n_layers}, expected 1 to {LIMITS['num_layers']}", cfg_path)
         self._tensors = self._index_tensors()
         shapes = {name: shape for name, (_, _, shape) in self._tensors.items()}
         self.config = self.arch_class.config_from_hf(meta, shapes)
@@ -74,14 +72,16 @@ class HFSource:
 
     @staticmethod
     def _torch_state(path: Path) -> dict[str, Any]:
-        import pickle
-
         import torch
 
         try:  # weights only: a checkpoint is untrusted input and a full pickle could run code
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-            raise EdgekitError(f"refused or damaged torch checkpoint ({str(exc).splitlines()[0]})", path) from exc
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch's unpickler fails with many types on damaged or refused input
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise EdgekitError(f"refused or damaged torch checkpoint ({first})", path) from exc
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise EdgekitError("torch checkpoint is not a state dict of tensors", path)
+        return state
 
     def has(self, name: str) -> bool:
         return name in self._tensors
@@ -119,10 +119,16 @@ def hf_tokenizer(path: Path) -> tuple[Tokenizer, dict[str, Any]]:
     template = tcfg.get("chat_template")
     if template is None and (path / "chat_template.jinja").is_file():
         template = (path / "chat_template.jinja").read_text()
+    if template is not None and not isinstance(template, str):  # (lists of named templates are not read)
+        raise EdgekitError(f"chat_template is {type(template).__name__}, expected text", path / "tokenizer_config.json")
+    n = tok.get_vocab_size(with_added_tokens=True)
     eos = gcfg.get("eos_token_id", mcfg.get("eos_token_id"))
     eos_ids = eos if isinstance(eos, list) else ([] if eos is None else [eos])
-    vocab = tok.get_vocab()
     bos_id = gcfg.get("bos_token_id", mcfg.get("bos_token_id"))
+    for key, i in [("bos_token_id", bos_id), *(("eos_token_id", e) for e in eos_ids)]:
+        if i is not None and not (isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n):
+            raise EdgekitError(f"{key} is {i!r}, expected a token id below {n}", path / "generation_config.json")
+    vocab = tok.get_vocab()
     info = {
         "bos_token_id": bos_id,
         "eos_token_id": eos_ids[0] if eos_ids else None,
@@ -136,4 +142,4 @@ def hf_tokenizer(path: Path) -> tuple[Tokenizer, dict[str, Any]]:
 
 
 def _read_json(p: Path) -> dict[str, Any]:
-    return json.loads(p.read_text()) if p.is_file() else {}
+    return read_json_object(p) if p.is_file() else {}

@@ -27,7 +27,11 @@ from edgekit.errors import EdgekitError
 class TextCodec:
     def __init__(self, path: Path, info: dict[str, Any]):
         self.path = Path(path)
-        self.tokenizer = Tokenizer.from_file(str(path))
+        try:
+            self.tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # the tokenizers library raises a bare Exception on malformed files
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise EdgekitError(f"corrupt package: cannot read the tokenizer ({reason})", path) from exc
         self.info = info
         self._chat_template: ChatTemplate | None = None
 

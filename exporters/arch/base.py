@@ -10,6 +10,7 @@ attention with rotary embeddings and a gated MLP.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import fields, replace
 from pathlib import Path
@@ -42,21 +43,30 @@ class Metadata:
         self.values, self.path, self.prefix = values, path, prefix
 
     def get(self, key: str, kind: Callable[[Any], Any] = int, default: Any = None) -> Any:
-        value = self.values.get(self.prefix + key, default)
-        if value is None:
-            return None
+        value = self.values.get(self.prefix + key)
+        if value is None:  # absent, or null in a config.json
+            return default
         if isinstance(value, (list, dict)) and kind in (int, float):
-            raise EdgekitError(f"{self.prefix + key} is {value!r}, expected a number", self.path)
+            raise EdgekitError(f"{self.prefix + key} is {_short(value)}, expected a number", self.path)
+        if kind is str and not isinstance(value, str):
+            raise EdgekitError(f"{self.prefix + key} is {_short(value)}, expected text", self.path)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise EdgekitError(f"{self.prefix + key} is {value!r}, expected an integer", self.path)
         try:
             return kind(value)
-        except (TypeError, ValueError) as exc:
-            raise EdgekitError(f"{self.prefix + key} is {value!r}, expected {kind.__name__}", self.path) from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise EdgekitError(f"{self.prefix + key} is {_short(value)}, expected {kind.__name__}", self.path) from exc
 
     def require(self, key: str, kind: Callable[[Any], Any] = int) -> Any:
         value = self.get(key, kind)
         if value is None:
             raise EdgekitError(f"missing config key {self.prefix + key}", self.path)
         return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class Architecture:
@@ -135,6 +145,19 @@ class Architecture:
             value = getattr(config, name)
             if not 0 < value <= limit:
                 raise EdgekitError(f"{name} is {value}, expected 1 to {limit}", meta.path)
+        for name in ("rope_theta", "rms_norm_eps"):
+            value = getattr(config, name)
+            if not (math.isfinite(value) and value >= 0 and (value > 0 or name == "rms_norm_eps")):
+                raise EdgekitError(f"{name} is {value}, expected a finite positive number", meta.path)
+        if config.sliding_window is not None and not 0 < config.sliding_window < 1 << 31:
+            raise EdgekitError(f"sliding_window is {config.sliding_window}, expected 1 to {(1 << 31) - 1}", meta.path)
+        if config.rope_scaling is not None:
+            try:  # computed here once so a bad rope_scaling fails before any weight is read
+                inverse_frequencies(config)
+            except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError, EdgekitError) as exc:
+                detail = exc.args[0] if isinstance(exc, EdgekitError) else f"{type(exc).__name__}: {exc}"
+                raise EdgekitError(f"rope_scaling {_short(config.rope_scaling)} cannot be applied ({detail})",
+                                   meta.path) from exc
         if config.max_position_embeddings > MAX_ROPE_TABLE:
             config = replace(config, max_position_embeddings=MAX_ROPE_TABLE)
         if config.num_heads % config.num_kv_heads:
