@@ -102,7 +102,11 @@ class Decoder:
         b.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
         b.bind_cpu_input("logits_from", np.array([s - min(n_logits, s)], np.int64))
         b.bind_output("logits")
-        session.run_with_iobinding(b)
+        try:
+            session.run_with_iobinding(b)
+        except Exception as exc:  # onnxruntime's own error types: a graph at odds with its manifest (damaged)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EdgekitError(f"corrupt package: the graph failed at {total} tokens ({first})") from exc
         self.length = total
         return b.get_outputs()[0].numpy()[0]
 

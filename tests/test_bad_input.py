@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from edgekit.cli import main
+from edgekit.errors import EdgekitError
+from edgekit.runtime import load
 from factories import tiny_gguf
 
 
@@ -114,3 +117,17 @@ def test_unknown_op_in_package(pkg_copy: Path) -> None:
 def test_prompt_longer_than_context(tiny_gguf_pkg: Path) -> None:
     _fails(["run", str(tiny_gguf_pkg), "--prompt", "word " * 50, "--max-length", "16"],
            "prompt has", "the context holds 16")
+
+
+def test_model_section_longer_than_the_graph_is_one_line(tmp_path: Path, tiny_gguf_pkg: Path) -> None:
+    """A manifest claiming more positions than the graph's rotary table holds (hashes intact): generating past the
+    table is one line, not onnxruntime's traceback."""
+    pkg = tmp_path / "pkg"
+    shutil.copytree(tiny_gguf_pkg, pkg)
+    m = json.loads((pkg / "manifest.json").read_text())
+    table = m["model"]["max_position_embeddings"]
+    m["model"]["max_position_embeddings"] = 4 * table
+    (pkg / "manifest.json").write_text(json.dumps(m))
+    model = load(pkg, max_length=2 * table)
+    with pytest.raises(EdgekitError, match="corrupt package: the graph failed at"):
+        model.logits(list(range(1, table + 10)))
