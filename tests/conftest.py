@@ -35,3 +35,14 @@ def tiny_hf_pkg(tmp_path_factory: pytest.TempPathFactory, tiny_hf: Path) -> Path
     out = tmp_path_factory.mktemp("pkgs") / "tiny_hf_pkg"
     export(str(tiny_hf), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def draft_pkg(tmp_path_factory: pytest.TempPathFactory, tiny_hf: Path) -> Path:
+    """The tiny target with a different tiny model (same tokenizer) as its draft."""
+    from edgekit.exporters.pipeline import export
+
+    root = tmp_path_factory.mktemp("draft_pkg")
+    draft_src = tiny_hf_model(root / "draft_src", seed=1, num_hidden_layers=1)
+    export(str(tiny_hf), root / "pkg", draft=str(draft_src))
+    return root / "pkg"

@@ -13,13 +13,11 @@ from click.testing import CliRunner
 
 from edgekit.cli import main
 from edgekit.errors import EdgekitError
-from edgekit.exporters.pipeline import export
 from edgekit.runtime import GenerationConfig, load
 from edgekit.runtime.decoding import decode
 from edgekit.runtime.draft_policy import CostAwareLength
 from edgekit.runtime.drafters import ModelDrafter, NgramDrafter
 from edgekit.runtime.sampling import SamplingParams, token_distribution
-from factories import tiny_hf_model
 
 WORDS = ("the cat sat on the mat and the dog ran to the park while birds sang songs of spring "
          "def add(a, b): return a + b  # add two numbers then print the result 1 2 3 4 5").split()
@@ -36,18 +34,9 @@ def varied_prompts(n: int) -> list[str]:
     return prompts
 
 
-@pytest.fixture(scope="module")
-def spec_pkg(tmp_path_factory: pytest.TempPathFactory, tiny_hf: Path) -> Path:
-    """The tiny target with a different tiny model (same tokenizer) as its draft."""
-    root = tmp_path_factory.mktemp("spec")
-    draft_src = tiny_hf_model(root / "draft_src", seed=1, num_hidden_layers=1)
-    export(str(tiny_hf), root / "pkg", draft=str(draft_src))
-    return root / "pkg"
-
-
 @pytest.mark.parametrize("mode", ["ngram", "draft"])
-def test_greedy_speculative_equals_plain_greedy_on_50_prompts(spec_pkg: Path, mode: str) -> None:
-    model = load(spec_pkg, draft=True)
+def test_greedy_speculative_equals_plain_greedy_on_50_prompts(draft_pkg: Path, mode: str) -> None:
+    model = load(draft_pkg, draft=True)
     drafted = accepted = 0
     for prompt in varied_prompts(50):
         ids = model.encode(prompt)
@@ -60,8 +49,8 @@ def test_greedy_speculative_equals_plain_greedy_on_50_prompts(spec_pkg: Path, mo
     assert drafted > 0 and 0 < accepted  # drafts were proposed and some were accepted: the test exercised them
 
 
-def test_speculative_saves_target_passes_when_output_repeats(spec_pkg: Path) -> None:
-    model = load(spec_pkg)
+def test_speculative_saves_target_passes_when_output_repeats(draft_pkg: Path) -> None:
+    model = load(draft_pkg)
     ids = model.encode("one two three four five six seven eight nine ten " * 4)
     list(model.generate_ids(ids, GenerationConfig(48, stop_token_ids=(), speculative="ngram", draft_len=8)))
     stats = model.last_stats
@@ -125,8 +114,8 @@ def test_draft_length_out_of_range_is_refused(tiny_gguf_pkg: Path) -> None:
         list(model.generate_ids([1, 2, 3], GenerationConfig(8, speculative="ngram", draft_len=0)))
 
 
-def test_missing_or_tampered_draft_is_refused(tmp_path: Path, spec_pkg: Path) -> None:
-    pkg = Path(shutil.copytree(spec_pkg, tmp_path / "pkg"))
+def test_missing_or_tampered_draft_is_refused(tmp_path: Path, draft_pkg: Path) -> None:
+    pkg = Path(shutil.copytree(draft_pkg, tmp_path / "pkg"))
     data = pkg / "draft" / "model.onnx.data"
     raw = bytearray(data.read_bytes())
     raw[100] ^= 1
@@ -182,8 +171,8 @@ def test_draft_policy_verifies_only_drafts_that_pay() -> None:
 
 
 @pytest.mark.parametrize("policy", ["cost", "all"])
-def test_greedy_output_does_not_depend_on_the_draft_policy(spec_pkg: Path, policy: str) -> None:
-    model = load(spec_pkg)
+def test_greedy_output_does_not_depend_on_the_draft_policy(draft_pkg: Path, policy: str) -> None:
+    model = load(draft_pkg)
     for prompt in varied_prompts(10):
         ids = model.encode(prompt)
         plain = list(model.generate_ids(ids, GenerationConfig(max_new_tokens=24, stop_token_ids=())))
@@ -191,12 +180,12 @@ def test_greedy_output_does_not_depend_on_the_draft_policy(spec_pkg: Path, polic
         assert list(model.generate_ids(ids, gen)) == plain, prompt
 
 
-def test_export_measures_the_drafts_acceptance(spec_pkg: Path) -> None:
+def test_export_measures_the_drafts_acceptance(draft_pkg: Path) -> None:
     from edgekit.exporters.pipeline import describe
     from edgekit.package import read_manifest
 
-    manifest = read_manifest(spec_pkg)
+    manifest = read_manifest(draft_pkg)
     measured = manifest.data["draft"]["measured"]
     assert 0.0 <= measured["acceptance_rate"] <= 1.0 and measured["draft_len"] == 4
     assert 0.0 <= measured["accepted_per_pass"] <= 4 and "measured acceptance" in describe(manifest)
-    load(spec_pkg, draft=True)  # the rewritten manifest still verifies
+    load(draft_pkg, draft=True)  # the rewritten manifest still verifies

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from edgekit.exporters.pipeline import export
 from edgekit.runtime import GenerationConfig, load
 from edgekit.runtime.decoder import StatePool
 from edgekit.runtime.generator import Model
-from factories import tiny_hf_model
 
 WORDS = ["the", "cat", "sat", "on", "the", "mat", "and", "the", "dog", "ran", "to", "the", "park", "while",
          "birds", "sang", "songs", "of", "spring", "1", "2", "3"]
@@ -50,14 +48,6 @@ def token_ids(model: Model, texts: list[str], gen: GenerationConfig = GREEDY) ->
 @pytest.fixture(scope="module")
 def model(tiny_gguf_pkg: Path) -> Model:
     return load(tiny_gguf_pkg)
-
-
-@pytest.fixture(scope="module")
-def draft_pkg(tmp_path_factory: pytest.TempPathFactory, tiny_hf: Path) -> Path:
-    root = tmp_path_factory.mktemp("threads_draft")
-    draft_src = tiny_hf_model(root / "draft_src", seed=1, num_hidden_layers=1)
-    export(str(tiny_hf), root / "pkg", draft=str(draft_src))
-    return root / "pkg"
 
 
 def test_four_threads_of_greedy_prompts_equal_serial_output(model: Model) -> None:
