@@ -37,10 +37,9 @@ import numpy as np
 import onnx
 from edgekit.exporters.pipeline import PackageContents, build_graph, export, prepare, write_package
 from edgekit.exporters.quantize import GridFormat, QuantConfig
-from edgekit.exporters.quantize.spec import embedding_format
 from edgekit.exporters.quantize.rtn import quantize_rtn
 from edgekit.exporters.quantize.source import QuantizedSource, float_weight, tensor_names
-from edgekit.exporters.quantize.spec import CalibrationConfig
+from edgekit.exporters.quantize.spec import CalibrationConfig, embedding_format
 from edgekit.exporters.reference import TorchReference
 from edgekit.runtime import Model
 from edgekit.runtime.bench import decode_rate

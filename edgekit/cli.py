@@ -235,7 +235,7 @@ def validate(pkg: str, reference_src: str, device: str, tokens: int, text_file: 
 
     model = _load(pkg, "cpu", fast)
     reference = TorchReference(reference_src, device)
-    text = open(text_file, encoding="utf-8").read() if text_file else None
+    text = Path(text_file).read_text(encoding="utf-8") if text_file else None
     report = run_validate(model, reference, tokens, text, Thresholds(min_greedy, max_ppl_delta, min_top1, max_kl))
     if as_json:  # the package block lets `edgekit report` match this result with bench results
         from edgekit.runtime.bench_environment import package_identity

@@ -54,7 +54,7 @@ def check_same_tokenizer(target: Tokenizer, draft: Tokenizer, draft_src: str) ->
 
 def kept_layers(num_layers: int, fraction: float = DEFAULT_KEEP_FRACTION) -> list[int]:
     n = max(2, round(num_layers * fraction))
-    return sorted({int(round(x)) for x in np.linspace(0, num_layers - 1, n)})
+    return sorted({round(x) for x in np.linspace(0, num_layers - 1, n).tolist()})
 
 
 class LayerSubset:

@@ -7,13 +7,13 @@ Canonical names: `embed`, `lm_head` (absent when tied), `norm`, and per layer `l
 
 from __future__ import annotations
 
-from typing import Protocol, Union
+from typing import Protocol
 
 import numpy as np
 
 from edgekit.formats import BlockQuantWeight
 
-Weight = Union[np.ndarray, BlockQuantWeight]
+Weight = np.ndarray | BlockQuantWeight
 
 LINEAR_NAMES = ("q", "k", "v", "o", "gate", "up", "down")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from factories import tiny_gguf, tiny_hf_model
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from edgekit.runtime import load
+from factories import tiny_gguf
 
 from edgekit.cli import main
 from edgekit.errors import EdgekitError
-from edgekit.runtime import load
-from factories import tiny_gguf
 
 
 def _fails(args: list[str], *expected: str) -> str:

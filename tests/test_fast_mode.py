@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from edgekit.exporters.lowering import ACCURACY_EXACT, ACCURACY_INT8, lower
 from edgekit.exporters.quantize.fast_mode import EXACT_SHARE, activation_errors, exact_nodes, int8_blocks
 from edgekit.exporters.reference import TorchReference
-from edgekit.exporters.lowering import ACCURACY_EXACT, ACCURACY_INT8, lower
 
 from edgekit.node_names import projection_node
 from edgekit.package import GRAPH_FILE

@@ -8,18 +8,30 @@ import gguf
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
-from edgekit.formats import weight_format
-from edgekit.formats.gguf import GGUF_TYPES
 from edgekit.exporters.arch.llama import Llama, llama_row_order
 from edgekit.exporters.gguf_source import GGUFSource
-from edgekit.formats import BlockQuantWeight, pack_codes
-from edgekit.ops import GatherBlockQ2, GatherBlockQ4, GatherBlockQ8, MatMulBlockQ2, MatMulBlockQ4, MatMulBlockQ8
 from edgekit.exporters.lowering import lower
-from edgekit.targets import TARGETS
-from factories import GGUF_NUMPY_QUANTIZERS, SMOLLM2_GGUF, encode_q6_k, random_gguf_blocks, random_gguf_stand_in
+from factories import (
+    GGUF_NUMPY_QUANTIZERS,
+    SMOLLM2_GGUF,
+    encode_q6_k,
+    random_gguf_blocks,
+    random_gguf_stand_in,
+)
+from onnx import TensorProto, helper, numpy_helper
 from test_ops import _model, _run, folded
+
+from edgekit.formats import BlockQuantWeight, pack_codes, weight_format
+from edgekit.formats.gguf import GGUF_TYPES
+from edgekit.ops import (
+    GatherBlockQ2,
+    GatherBlockQ4,
+    GatherBlockQ8,
+    MatMulBlockQ2,
+    MatMulBlockQ4,
+    MatMulBlockQ8,
+)
+from edgekit.targets import TARGETS
 
 
 def _dequantize(raw: np.ndarray, name: str) -> np.ndarray:

@@ -10,12 +10,22 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from edgekit.exporters.lowering import lower
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.formats import BlockQuantWeight, pack_codes, unpack_codes
-from edgekit.ops import (OPSET_IMPORTS, GatherBlockQ2, GatherBlockQ3, GatherBlockQ4, GatherBlockQ8, MatMulBlockQ2,
-                         MatMulBlockQ3, MatMulBlockQ4, MatMulBlockQ8, function_protos)
-from edgekit.exporters.lowering import lower
+from edgekit.ops import (
+    OPSET_IMPORTS,
+    GatherBlockQ2,
+    GatherBlockQ3,
+    GatherBlockQ4,
+    GatherBlockQ8,
+    MatMulBlockQ2,
+    MatMulBlockQ3,
+    MatMulBlockQ4,
+    MatMulBlockQ8,
+    function_protos,
+)
 from edgekit.targets import TARGETS
 
 RNG = np.random.default_rng(0)

@@ -10,19 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from edgekit.cli import main
-from edgekit.errors import EdgekitError
-from edgekit.recipe import Recipe
 from edgekit.exporters.pipeline import prepare, write_package
 from edgekit.exporters.quantize import CalibrationConfig, GridFormat, QuantConfig
-from edgekit.exporters.quantize.spec import embedding_format
 from edgekit.exporters.quantize.allocation import Unit, allocate
 from edgekit.exporters.quantize.gptq import gptq_quantize, output_error
 from edgekit.exporters.quantize.rtn import quantize_rtn
 from edgekit.exporters.quantize.sequential import write_fake_quantized
+from edgekit.exporters.quantize.spec import embedding_format
 from edgekit.exporters.reference import TorchReference
 from edgekit.runtime import GenerationConfig, load
+
+from edgekit.cli import main
+from edgekit.errors import EdgekitError
+from edgekit.recipe import Recipe
 
 RNG = np.random.default_rng(0)
 PROMPT = "The quick brown fox jumps over the lazy dog. 12345"

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from edgekit.cli import main
-from edgekit.errors import EdgekitError
 from edgekit.runtime import GenerationConfig, load
 from edgekit.runtime.decoding import decode
 from edgekit.runtime.draft_policy import CostAwareLength
 from edgekit.runtime.drafters import ModelDrafter, NgramDrafter
 from edgekit.runtime.sampling import SamplingParams, token_distribution
+
+from edgekit.cli import main
+from edgekit.errors import EdgekitError
 
 WORDS = ("the cat sat on the mat and the dog ran to the park while birds sang songs of spring "
          "def add(a, b): return a + b  # add two numbers then print the result 1 2 3 4 5").split()
@@ -182,6 +182,7 @@ def test_greedy_output_does_not_depend_on_the_draft_policy(draft_pkg: Path, poli
 
 def test_export_measures_the_drafts_acceptance(draft_pkg: Path) -> None:
     from edgekit.exporters.pipeline import describe
+
     from edgekit.package import read_manifest
 
     manifest = read_manifest(draft_pkg)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from edgekit.exporters.quantize import QuantConfig, GridFormat
+from edgekit.exporters.quantize import GridFormat, QuantConfig
 from edgekit.exporters.quantize.rtn import quantize_rtn, rescale_groups
 from edgekit.exporters.quantize.sequential import torch_module, write_fake_quantized
 from edgekit.exporters.quantize.tune import float_teacher, norm_names, tune_scales

@@ -21,7 +21,8 @@ _EXPORTS = {
     "MatMulBlockQ2": "matmul_block_quant", "MatMulBlockQ3": "matmul_block_quant",
     "MatMulBlockQ4": "matmul_block_quant", "MatMulBlockQ8": "matmul_block_quant",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["DOMAIN", "OPS", "OPSET_IMPORTS", "EdgekitOp", "GatherBlockQ2", "GatherBlockQ3", "GatherBlockQ4",
+           "GatherBlockQ8", "MatMulBlockQ2", "MatMulBlockQ3", "MatMulBlockQ4", "MatMulBlockQ8", "function_protos"]
 
 
 def __getattr__(name: str) -> Any:

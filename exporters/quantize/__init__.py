@@ -2,6 +2,7 @@
 
 from edgekit.exporters.quantize.source import QuantizedSource, quantize_source
 from edgekit.exporters.quantize.spec import CalibrationConfig, QuantConfig
+
 from edgekit.formats import GridFormat
 
-__all__ = ["CalibrationConfig", "QuantConfig", "QuantizedSource", "GridFormat", "quantize_source"]
+__all__ = ["CalibrationConfig", "GridFormat", "QuantConfig", "QuantizedSource", "quantize_source"]

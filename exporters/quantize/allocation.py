@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgekit.formats import GridFormat
-
 from edgekit.errors import EdgekitError
+from edgekit.formats import GridFormat
 
 
 @dataclass(frozen=True)

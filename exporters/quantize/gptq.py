@@ -19,9 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from edgekit.exporters.quantize.rtn import decode, encode, group_params, grouped, on_minimum_grid
-from edgekit.formats import GridFormat
 
-from edgekit.formats import BlockQuantWeight
+from edgekit.formats import BlockQuantWeight, GridFormat
 
 BLOCK_COLUMNS = 128
 

@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.formats import GridFormat
-
 from edgekit.errors import EdgekitError
+from edgekit.formats import GridFormat
 
 RULE_KEYS = {"match", "weights", "bits", "group_size", "symmetric"}
 

@@ -9,9 +9,8 @@ Scales and offsets are rounded to float16 before the codes are chosen, so the pa
 from __future__ import annotations
 
 import numpy as np
-from edgekit.formats import GridFormat
 
-from edgekit.formats import BlockQuantWeight
+from edgekit.formats import BlockQuantWeight, GridFormat
 
 
 def to_half_grid(x: np.ndarray) -> np.ndarray:

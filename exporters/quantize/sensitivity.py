@@ -24,8 +24,8 @@ from edgekit.exporters.quantize.sequential import (
     run_layer,
     torch_module,
 )
-from edgekit.formats import GridFormat
 
+from edgekit.formats import GridFormat
 from edgekit.progress import progress
 
 MAX_TOKENS = 512  # 2 windows of 256: the ranking is stable at this size and each unit costs ~1 s per format

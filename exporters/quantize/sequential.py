@@ -15,9 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from edgekit.formats import GridFormat
 
-from edgekit.formats import BlockQuantWeight
+from edgekit.formats import BlockQuantWeight, GridFormat
 from edgekit.progress import progress
 
 # Projections that read one input, quantized as one stacked matrix with one Hessian.

@@ -19,12 +19,11 @@ from edgekit.exporters.quantize.calibration import calibration_windows, file_win
 from edgekit.exporters.quantize.plan import load_plan
 from edgekit.exporters.quantize.rtn import quantize_rtn
 from edgekit.exporters.quantize.spec import HEAD_BITS, QuantConfig, embedding_format
-from edgekit.formats import GridFormat
 from edgekit.exporters.weights import LINEAR_NAMES, Weight
 from tokenizers import Tokenizer
 
 from edgekit.errors import EdgekitError
-from edgekit.formats import BlockQuantWeight
+from edgekit.formats import BlockQuantWeight, GridFormat
 from edgekit.node_names import projection_node
 from edgekit.progress import progress
 from edgekit.recipe import Recipe
