@@ -29,6 +29,11 @@ def _raise_interrupted(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
+# Workstation-side packages, by the extra that installs them (pyproject.toml): a device install has none.
+EXTRA_OF = {"torch": "export", "transformers": "export", "accelerate": "export", "gguf": "export",
+            "safetensors": "export", "yaml": "export", "onnx": "export", "plotly": "report"}
+
+
 def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Bad input ends in one line on stderr and exit status 2, never a traceback; an interrupted command exits
     130 (Ctrl-C) or 143 (SIGTERM) after its cleanup ran."""
@@ -40,6 +45,13 @@ def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except EdgekitError as exc:
             click.echo(f"edgekit: error: {exc}", err=True)
+            sys.exit(2)
+        except ModuleNotFoundError as exc:
+            top = (exc.name or "").split(".")[0]
+            if top not in EXTRA_OF:
+                raise
+            click.echo(f"edgekit: error: `edgekit {click.get_current_context().info_name}` needs the workstation "
+                       f"packages ({top} is not installed): pip install 'edgekit[{EXTRA_OF[top]}]'", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("edgekit: interrupted", err=True)

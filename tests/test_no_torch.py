@@ -14,7 +14,7 @@ SCRIPT = textwrap.dedent("""
     class Block:
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in ("torch", "transformers", "optimum", "gguf", "onnx"):
-                raise ImportError(f"{name} is blocked in this test")
+                raise ModuleNotFoundError(f"{name} is blocked in this test", name=name)  # as if not installed
             return None
 
     sys.meta_path.insert(0, Block())
@@ -40,3 +40,16 @@ def test_blocking_really_blocks() -> None:
         code = SCRIPT.split("from edgekit")[0] + f"import {module}\n"
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
         assert result.returncode != 0 and "blocked in this test" in result.stderr
+
+
+def test_workstation_command_on_a_device_install_names_the_extra(tiny_gguf_file: Path, tmp_path: Path) -> None:
+    """`edgekit export` where only the runtime is installed: one line naming the extra, exit 2, nothing written."""
+    code = SCRIPT.split("from edgekit")[0] + "from edgekit.cli import main\nmain()\n"
+    out = tmp_path / "pkg"
+    result = subprocess.run([sys.executable, "-c", code, "export", str(tiny_gguf_file), "-o", str(out)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "edgekit: error: `edgekit export` needs the workstation packages (onnx is not installed): "
+        "pip install 'edgekit[export]'"]
+    assert list(tmp_path.iterdir()) == []
