@@ -131,3 +131,31 @@ def test_model_section_longer_than_the_graph_is_one_line(tmp_path: Path, tiny_gg
     model = load(pkg, max_length=2 * table)
     with pytest.raises(EdgekitError, match="corrupt package: the graph failed at"):
         model.logits(list(range(1, table + 10)))
+
+
+def _drop_listing(name: str):  # noqa: ANN202 (a manifest edit)
+    return lambda m: {**m, "files": {k: v for k, v in m["files"].items() if k != name}}
+
+
+@pytest.mark.parametrize("edit,message", [
+    (_drop_listing("model.cpu.onnx"), "model.cpu.onnx is not listed (with its hash) in the manifest"),
+    (lambda m: {**m, "files": {}}, "is not listed (with its hash) in the manifest"),
+    (lambda m: {**m, "graph": {**m["graph"], "file": "../model.onnx"}}, "outside the package"),
+    (lambda m: {**m, "graph": {**m["graph"], "file": "/etc/passwd"}}, "outside the package"),
+    (lambda m: {**m, "tokenizer": {**m["tokenizer"], "file": "/dev/zero"}}, "outside the package"),
+])
+def test_unlisted_files_and_escaping_paths_are_refused(tmp_path: Path, tiny_gguf_pkg: Path, edit, message: str) -> None:
+    """Every file the loader opens is inside the package and listed with its hash: one line otherwise."""
+    pkg = tmp_path / "pkg"
+    shutil.copytree(tiny_gguf_pkg, pkg)
+    m = json.loads((pkg / "manifest.json").read_text())
+    (pkg / "manifest.json").write_text(json.dumps(edit(m)))
+    _fails(["run", str(pkg), "--prompt", "hi"], message)
+
+
+def test_a_symlink_out_of_the_package_is_refused(tmp_path: Path, tiny_gguf_pkg: Path) -> None:
+    pkg = tmp_path / "pkg"
+    shutil.copytree(tiny_gguf_pkg, pkg)
+    (pkg / "tokenizer.json").unlink()
+    (pkg / "tokenizer.json").symlink_to(tiny_gguf_pkg / "tokenizer.json")  # same bytes, outside the folder
+    _fails(["run", str(pkg), "--prompt", "hi"], "leads outside the package folder")
