@@ -133,7 +133,7 @@ def test_model_section_longer_than_the_graph_is_one_line(tmp_path: Path, tiny_gg
         model.logits(list(range(1, table + 10)))
 
 
-def _drop_listing(name: str):  # noqa: ANN202 (a manifest edit)
+def _drop_listing(name: str) -> object:
     return lambda m: {**m, "files": {k: v for k, v in m["files"].items() if k != name}}
 
 
