@@ -21,11 +21,19 @@ def float_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_hf_model(tmp_path_factory.mktemp("float_hf") / "model", hidden_size=256, intermediate_size=512)
 
 
+def _default_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _export_and_interrupt(src: Path, out: Path, signum: int) -> subprocess.CompletedProcess:
     """A real `edgekit export`, frozen (SIGSTOP) as soon as its temporary folder appears, then sent `signum` and
     resumed: the signal lands while the package is being written, whatever the machine's load."""
+    # A background job of a non-interactive shell starts with SIGINT ignored, and Python keeps it so: the child
+    # gets the default dispositions, as a command run from a terminal has.
     proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "export", str(src), "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_signals)
     deadline = time.monotonic() + 120
     while not list(out.parent.glob(f".{out.name}.partial-*")):
         assert proc.poll() is None, "export finished before it was interrupted"
