@@ -21,19 +21,18 @@ def float_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_hf_model(tmp_path_factory.mktemp("float_hf") / "model", hidden_size=256, intermediate_size=512)
 
 
-def _default_signals() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+# `edgekit` with Python's own SIGINT handler and the default SIGTERM: a background job of a non-interactive shell
+# starts with SIGINT ignored (and Python keeps it so), where a command run from a terminal gets Ctrl-C.
+CHILD = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+         "signal.signal(signal.SIGTERM, signal.SIG_DFL); sys.argv[0] = 'edgekit'; "
+         "runpy.run_module('edgekit.cli', run_name='__main__')")
 
 
 def _export_and_interrupt(src: Path, out: Path, signum: int) -> subprocess.CompletedProcess:
     """A real `edgekit export`, frozen (SIGSTOP) as soon as its temporary folder appears, then sent `signum` and
     resumed: the signal lands while the package is being written, whatever the machine's load."""
-    # A background job of a non-interactive shell starts with SIGINT ignored, and Python keeps it so: the child
-    # gets the default dispositions, as a command run from a terminal has.
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "export", str(src), "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_signals)
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, "export", str(src), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(out.parent.glob(f".{out.name}.partial-*")):
         assert proc.poll() is None, "export finished before it was interrupted"
