@@ -1,4 +1,5 @@
-"""The architecture facts the graph builder and the runtime both need, independent of the source format."""
+"""The decoder facts the exporter and the runtime share, independent of the source format; an architecture may
+extend them with a subclass of its own (exporters.arch)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,9 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
-
-
 @dataclass(frozen=True)
 class ModelConfig:
-    """A llama-family decoder: grouped-query attention, RoPE, RMSNorm, SwiGLU MLP."""
+    """A decoder with grouped-query attention and rotary embeddings (the fields every architecture has)."""
 
     architecture: str
     num_layers: int
