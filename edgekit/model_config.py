@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A decoder with grouped-query attention and rotary embeddings (the fields every architecture has)."""
