@@ -360,15 +360,16 @@ class Inputs:
 
 
 def evaluation_text() -> str:
-    """The perplexity text of FACTS.md: stdlib-only, so every machine has the same bytes."""
+    """The perplexity text (Python's pydoc topics, joined in key order): stdlib-only, so every machine has the same
+    bytes."""
     from pydoc_data.topics import topics
 
     return "\n".join(topics[k] for k in sorted(topics))
 
 
 def make_inputs(tokenizer_json: Path, settings: Settings) -> Inputs:
-    """Prompt from the text right after the evaluated part (so it is not scored text); windows as in
-    FACTS.md. The last partial window counts too: 9,579 tokens make 18 full windows and one of 363,
+    """Prompt from the text right after the evaluated part (so it is not scored text); non-overlapping
+    512-token windows. The last partial window counts too: 9,579 tokens make 18 full windows and one of 363,
     and scoring all of them is what reproduces the fp32 reference 14.1623."""
     from tokenizers import Tokenizer
 
