@@ -26,6 +26,8 @@ package measured as sensitive (`recipe.fast_exact`): about 2-3x faster GEMV, not
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -92,7 +94,7 @@ class _Lowering:
                                                domain=domain, **attrs))
         return outputs[0]
 
-    def once(self, name: str, build: callable) -> str:  # type: ignore[valid-type]
+    def once(self, name: str, build: Callable[[str], None]) -> str:
         """`name`, computed by build(name) the first time it is asked for (shared subgraphs and inputs), unless the
         graph already computes it."""
         if name not in self.derived and name not in self.producers:
@@ -136,10 +138,12 @@ class _Lowering:
         padded[:, :n_blocks] = z
         packed = np.bitwise_or.reduce(padded.reshape(n, -1, per) << (bits * np.arange(per, dtype=np.uint8)), axis=-1)
         if np.all(packed == packed[:1]):
-            row = self.const(f"{name}.zero_point_row", packed[:1].astype(np.uint8))
+            row = self.const(f"{name}.zero_point_row_{bits}", packed[:1].astype(np.uint8))
             shape = self.const(f"shape_{n}x{packed.shape[1]}", np.array(packed.shape, np.int64))
-            return self.once(f"{name}.zero_points", lambda out: self.emit("Expand", [row, shape], [out]))
-        return self.const(f"{name}.zero_points", packed.astype(np.uint8))
+            return self.once(f"{name}.zero_points_{bits}", lambda out: self.emit("Expand", [row, shape], [out]))
+        # Named by width: the exact and fast graphs of one package may pack the same zero points at 4 and at 2 bits,
+        # and a name means the same bytes in every graph of the package (exporters.graph_files).
+        return self.const(f"{name}.zero_points_{bits}", packed.astype(np.uint8))
 
     def matmul_nbits(self, a: str, out: str, codes: str, scales: str, z: np.ndarray | None, offsets: str | None,
                      n: int, n_blocks: int, bits: int, block: int, k: int, level: int) -> None:

@@ -99,12 +99,12 @@ def folded(model: onnx.ModelProto, tmp_path: Path) -> onnx.ModelProto:
 
 
 def _matmul_model(op: type, w: BlockQuantWeight) -> onnx.ModelProto:
-    k = w.shape[1]
+    n, k = w.shape
     inits = [numpy_helper.from_array(pack_codes(w.codes, w.bits, BLOCK), "B"),
              numpy_helper.from_array(w.scales.astype(np.float16), "s"),
              numpy_helper.from_array(w.offsets.astype(np.float16), "o")]
-    node = op.make_node(["A", "B", "s", "o"], ["Y"], "mm", K=k, N=N, block_size=BLOCK)
-    return _model(node, [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, "S", k])], [1, "S", N], inits,
+    node = op.make_node(["A", "B", "s", "o"], ["Y"], "mm", K=k, N=n, block_size=BLOCK)
+    return _model(node, [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, "S", k])], [1, "S", n], inits,
                   op.op_type)
 
 
@@ -227,3 +227,25 @@ def test_an_op_the_target_cannot_lower_is_one_line(monkeypatch: pytest.MonkeyPat
                                            r"GatherBlockQ2, GatherBlockQ3, GatherBlockQ4, GatherBlockQ8, MatMulBlockQ2"):
         lower(m, TARGETS["cpu"])
     assert lower(m, TARGETS["portable"]) is m
+
+
+def test_exact_and_fast_graphs_share_one_weights_file(tmp_path: Path) -> None:
+    """2-bit weights with per-group zero points: the exact graph packs them at 4 bits, the fast one at 2; both go
+    into one data file (each name one set of bytes) and both compute the weight."""
+    from edgekit.exporters.graph_files import save_graphs
+
+    n, k = 512, 256
+    codes = RNG.integers(0, 4, (n, k)).astype(np.uint8)
+    scales = 2.0 ** RNG.integers(-4, 2, (n, k // BLOCK)).astype(np.float32)  # z·scale exact in float16
+    z = RNG.integers(0, 4, scales.shape).astype(np.float32)
+    w = BlockQuantWeight(codes, scales, -z * scales, 2, BLOCK, "int2g32")
+    m = _matmul_model(MatMulBlockQ2, w)
+    graphs = {"exact.onnx": lower(m, TARGETS["cpu"]), "fast.onnx": lower(m, TARGETS["cpu"], fast=True)}
+    assert all(any(t.name.startswith("Y.zero_points") and len(t.raw_data) >= 1024 for t in g.graph.initializer)
+               for g in graphs.values()), "the case needs stored (varying, large) zero points in both graphs"
+    save_graphs(tmp_path, graphs, "weights.data")
+    a = RNG.standard_normal((1, 2, k)).astype(np.float32)
+    ref = a @ w.dequantize().T
+    for name, atol in (("exact.onnx", 1e-3), ("fast.onnx", 0.03)):
+        got = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"]).run(None, {"A": a})[0]
+        np.testing.assert_allclose(got, ref, rtol=0, atol=atol * np.abs(ref).max())
