@@ -697,8 +697,8 @@ def render_table(rows: list[Row], settings: Settings, inputs: Inputs, load: tupl
              else "perplexity: not measured (--no-ppl)",
              ("decode tok/s: tokens 2..N over their time; TTFT: prefill of the prompt + first token; "
               "greedy=fp32: leading tokens equal to PyTorch fp32's"),
-             (f"load average (1 min) {load[0]:.2f} before, {load[1]:.2f} after the paths ran "
-              "(well above 0 before: something else was using the cores)")]
+             (f"load average (1 min) {load[0]:.2f} before, {load[1]:.2f} after the paths ran, on "
+              f"{os.cpu_count()} logical cores")]
     return "\n".join([title, "", *lines, "", *notes])
 
 

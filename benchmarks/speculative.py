@@ -629,7 +629,7 @@ def render(rows: list[Row], results: list[PathResult], found: list[Bound], diffs
          "the pass costs above (predicted: forward passes only; measured - predicted: per-pass overhead; "
          "fixed-k: drafting k every pass instead of the adaptive length):"),
         *(bound_table(found) if found else ["(no n-gram rows)"]), "",
-        f"load average (1 min) {load[0]:.2f} before, {load[1]:.2f} after the paths ran (2 cores, shared)",
+        f"load average (1 min) {load[0]:.2f} before, {load[1]:.2f} after the paths ran, on {os.cpu_count()} logical cores",
     ])
 
 
