@@ -18,7 +18,13 @@ from edgekit.model_config import ModelConfig
 
 FORMAT_NAME = "edgekit-package"
 FORMAT_VERSION = 2  # 2: graphs lowered at export (graph.targets); 1 lowered at load time
-CONTRACT = "causal-lm-kv"  # the decoder's inputs and outputs (docs/package-format.md)
+# A graph's inputs and outputs (docs/package-format.md): edgekit's decoder (KV cache buffers updated in place),
+# a decoder from optimum (its cache grows by concatenation), a sentence-embedding encoder.
+CONTRACT = "causal-lm-kv"
+CONCAT_KV_CONTRACT = "causal-lm-concat-kv"
+EMBEDDING_CONTRACT = "sentence-embedding"
+CONTRACTS = (CONTRACT, CONCAT_KV_CONTRACT, EMBEDDING_CONTRACT)
+POOLING_MODES = ("cls", "mean", "max", "lasttoken")  # an encoder's sentence embedding (exporters.pooling_graph)
 MANIFEST = "manifest.json"
 GRAPH_FILE = "model.onnx"
 WEIGHTS_FILE = "model.onnx.data"
@@ -108,7 +114,12 @@ def _check_manifest(folder: Path, manifest: Manifest, path: Path) -> None:
         if not ok:
             raise EdgekitError(f"corrupt package: manifest {what}", path)
 
-    for section in ("model", "tokenizer", "generation", "graph", "files"):
+    for section in ("model", "tokenizer", "graph", "files"):
+        expect(isinstance(data.get(section), dict), f"section {section!r} is missing or not an object")
+    contract = data["graph"].get("contract")
+    if contract not in CONTRACTS:
+        raise EdgekitError(f"unknown graph contract {contract!r}: this package needs a newer edgekit", path)
+    for section in ("encoder",) if contract == EMBEDDING_CONTRACT else ("generation",):
         expect(isinstance(data.get(section), dict), f"section {section!r} is missing or not an object")
     for rel, entry in manifest.files.items():
         expect(isinstance(entry, dict) and _is_int(entry.get("size")) and entry["size"] >= 0
@@ -123,9 +134,16 @@ def _check_manifest(folder: Path, manifest: Manifest, path: Path) -> None:
              *(t["fast_file"] for t in targets.values() if "fast_file" in t)]
     for rel in named:
         package_file(folder, manifest, rel)
-    stops = data["generation"].get("stop_token_ids")
-    expect(isinstance(stops, list) and all(_is_int(i) for i in stops), "generation.stop_token_ids is not a list "
-           "of token ids")
+    if contract == EMBEDDING_CONTRACT:
+        enc = data["encoder"]
+        expect(enc.get("pooling") in POOLING_MODES, "encoder.pooling is not a pooling mode")
+        expect(isinstance(enc.get("normalize"), bool), "encoder.normalize is not true or false")
+        for key in ("max_seq_length", "dimension"):
+            expect(_is_int(enc.get(key)) and 0 < enc[key] < 1 << 31, f"encoder.{key} is not a positive integer")
+    else:
+        stops = data["generation"].get("stop_token_ids")
+        expect(isinstance(stops, list) and all(_is_int(i) for i in stops), "generation.stop_token_ids is not a "
+               "list of token ids")
     for key in ("chat_template", "bos_token", "eos_token"):
         expect(tok.get(key) is None or isinstance(tok[key], str), f"tokenizer.{key} is not text")
     draft = data.get("draft")

@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from edgekit.exporters.draft import check_same_tokenizer, layer_subset, measure_
 from edgekit.exporters.graph_files import save_graphs
 from edgekit.exporters.lowering import lower
 from edgekit.exporters.quantize import QuantConfig, quantize_source
-from edgekit.exporters.sources import Source, open_source, source_tokenizer
+from edgekit.exporters.sources import Source, choose_builder, open_source, resolve_path, source_tokenizer
 from edgekit.exporters.weights import RecordingSource
 from tokenizers import Tokenizer
 
@@ -29,6 +29,7 @@ import edgekit
 from edgekit.errors import EdgekitError
 from edgekit.package import (
     CONTRACT,
+    EMBEDDING_CONTRACT,
     FORMAT_NAME,
     FORMAT_VERSION,
     GRAPH_FILE,
@@ -51,6 +52,9 @@ class BuiltGraph:
     model: onnx.ModelProto
     recipe: Recipe
     custom_ops: list[str]
+    contract: str = CONTRACT
+    builder: str = "native"
+    sections: dict[str, Any] = field(default_factory=dict)  # manifest additions (`graph` entries are merged)
 
 
 def build_graph(source: Source) -> BuiltGraph:
@@ -94,10 +98,14 @@ class PackageContents:
     targets: tuple[Target, ...]
 
 
-def prepare(src: str, quant: QuantConfig | None = None, targets: tuple[str, ...] = DEFAULT_TARGETS) -> PackageContents:
+def prepare(src: str, quant: QuantConfig | None = None, targets: tuple[str, ...] = DEFAULT_TARGETS,
+            builder: str = "auto") -> PackageContents:
     """Stages 1 and 2 for SRC: open and check the source, quantize it if `quant` says so, build its graph; the
-    package will carry graphs lowered for `targets` (names from edgekit.targets)."""
+    package will carry graphs lowered for `targets` (names from edgekit.targets). `builder`: native, optimum,
+    or auto (native where edgekit has a builder for the architecture, else optimum)."""
     chosen = tuple(target(t) for t in dict.fromkeys(targets))
+    if choose_builder(resolve_path(src), builder) == "optimum":
+        return _prepare_optimum(src, quant, chosen)
     source = open_source(src)
     tokenizer, tok_info = source_tokenizer(source)
     if quant is not None:
@@ -105,11 +113,31 @@ def prepare(src: str, quant: QuantConfig | None = None, targets: tuple[str, ...]
     return PackageContents(source, build_graph(source), tokenizer, tok_info, src, chosen)
 
 
+def _prepare_optimum(src: str, quant: QuantConfig | None, targets: tuple[Target, ...]) -> PackageContents:
+    """prepare() through optimum's exporter (exporters.optimum_build)."""
+    from edgekit.exporters.hf_source import hf_tokenizer
+    from edgekit.exporters.optimum_build import OptimumBuild
+
+    path = resolve_path(src)
+    tokenizer, tok_info = hf_tokenizer(path)
+    build = OptimumBuild(path)
+    if quant is not None:
+        build.quantize(quant, tokenizer)
+    built = BuiltGraph(build.finish(), build.recipe, build.custom_ops, build.contract, "optimum",
+                       build.manifest_sections())
+    return PackageContents(build, built, tokenizer, tok_info, src, targets)
+
+
 def _write_contents(folder: Path, c: PackageContents, extra: dict[str, Any]) -> Manifest:
     """Graph, weights, tokenizer and manifest into an existing folder (files already there are hashed too)."""
     save_graphs(folder, lower_graphs(c.built, c.targets), WEIGHTS_FILE)
     c.tokenizer.save(str(folder / TOKENIZER_FILE))
     src_path = Path(c.source.path)
+    sections = dict(c.built.sections)
+    graph_extra = sections.pop("graph", {})
+    generation = {} if c.built.contract == EMBEDDING_CONTRACT else {"generation": {
+        "stop_token_ids": c.tok_info["stop_token_ids"], "max_new_tokens": DEFAULT_MAX_NEW_TOKENS,
+        "temperature": 0.0, "top_k": 0, "top_p": 1.0}}
     manifest = Manifest({
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -119,12 +147,13 @@ def _write_contents(folder: Path, c: PackageContents, extra: dict[str, Any]) -> 
                    "sha256": sha256_of(src_path) if src_path.is_file() else None},
         "model": c.source.config.to_dict(),
         "recipe": c.built.recipe.to_dict(),
-        "graph": {"contract": CONTRACT, "file": GRAPH_FILE, "weights": WEIGHTS_FILE, "custom_ops": c.built.custom_ops,
+        "graph": {"contract": c.built.contract, "builder": c.built.builder, "file": GRAPH_FILE,
+                  "weights": WEIGHTS_FILE, "custom_ops": c.built.custom_ops,
                   "opsets": {o.domain or "ai.onnx": o.version for o in c.built.model.opset_import},
-                  "targets": target_entries(c.targets)},
+                  "targets": target_entries(c.targets), **graph_extra},
         "tokenizer": {"file": TOKENIZER_FILE, **c.tok_info},
-        "generation": {"stop_token_ids": c.tok_info["stop_token_ids"], "max_new_tokens": DEFAULT_MAX_NEW_TOKENS,
-                       "temperature": 0.0, "top_k": 0, "top_p": 1.0},
+        **generation,
+        **sections,
         **extra,
         "files": file_entries(folder),
     })
@@ -183,7 +212,7 @@ def write_package(main: PackageContents, out: Path, draft: PackageContents | Non
 
 
 def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConfig | None = None,
-           targets: tuple[str, ...] = DEFAULT_TARGETS) -> Manifest:
+           targets: tuple[str, ...] = DEFAULT_TARGETS, builder: str = "auto") -> Manifest:
     """SRC (GGUF file, HF folder or built-in name) -> edgekit package folder `out`.
 
     `quant`: quantize the weights on export (exporters.quantize); None keeps them as the source has them.
@@ -192,10 +221,15 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
     "auto" to build one from the target itself (see exporters.draft).
 
     `targets`: names from edgekit.targets; each adds graph(s) lowered for its execution provider.
+
+    `builder`: how the graph is made (prepare()).
     """
     if Path(out).exists():
         raise EdgekitError("output already exists (remove it or choose another -o)", out)
-    main = prepare(src, quant, targets)
+    main = prepare(src, quant, targets, builder)
+    if draft is not None and main.built.builder != "native":
+        raise EdgekitError("--draft needs a decoder built by edgekit's native builder (this one came from optimum)",
+                           src)
     draft_contents = None
     if draft == "auto":
         sub = layer_subset(main.source)
@@ -211,8 +245,10 @@ def describe(manifest: Manifest) -> str:
     """One line for the CLI: what was written."""
     m = manifest.model
     size = sum(f["size"] for f in manifest.files.values()) / 1e6
-    line = (f"{m.architecture}, {m.num_layers} layers, weights {json.dumps(manifest.data['recipe']['summary'])}, "
-            f"{size:.1f} MB")
+    graph = manifest.data["graph"]
+    kind = "sentence-embedding encoder" if graph["contract"] == EMBEDDING_CONTRACT else "decoder"
+    line = (f"{m.architecture} {kind} built by {graph['builder']}, {m.num_layers} layers, weights "
+            f"{json.dumps(manifest.data['recipe']['summary'])}, {size:.1f} MB")
     draft = manifest.data.get("draft")
     if draft:
         measured = draft["measured"]

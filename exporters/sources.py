@@ -12,6 +12,7 @@ from edgekit.exporters.hf_source import HFSource, hf_tokenizer
 from tokenizers import Tokenizer
 
 from edgekit.errors import EdgekitError
+from edgekit.jsonfile import read_json_object
 
 Source = Union[GGUFSource, HFSource]
 
@@ -34,6 +35,26 @@ def resolve_path(src: str) -> Path:
         known = ", ".join(BUILTIN_MODELS)
         raise EdgekitError(f"no such file or folder (and not a built-in model name: {known})", path)
     return path
+
+
+BUILDERS = ("auto", "native", "optimum")
+
+
+def choose_builder(path: Path, builder: str) -> str:
+    """native or optimum for the source at `path`: `auto` takes edgekit's own builder where the architecture has
+    one (GGUF files always: optimum reads Hugging Face folders only)."""
+    from edgekit.exporters.arch import ARCHITECTURES
+
+    if builder not in BUILDERS:
+        raise EdgekitError(f"unknown builder {builder!r} (choose from {', '.join(BUILDERS)})")
+    folder = path.is_dir() and (path / "config.json").is_file()
+    if builder == "optimum" and not folder:
+        raise EdgekitError("--builder optimum takes a Hugging Face folder (with config.json); GGUF files are "
+                           "exported by the native builder", path)
+    if builder != "auto" or not folder:
+        return builder if builder != "auto" else "native"
+    model_type = read_json_object(path / "config.json").get("model_type")
+    return "native" if model_type in ARCHITECTURES else "optimum"
 
 
 def open_source(src: str) -> Source:

@@ -25,7 +25,7 @@ SHARED_INPUT_GROUPS = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
 QuantizeFn = Callable[[GridFormat, np.ndarray, np.ndarray], BlockQuantWeight]
 
 
-class _InputHessian:
+class InputHessian:
     """Accumulates XᵀX / T (float64 [K, K]) over every call of a module, X its input rows."""
 
     def __init__(self) -> None:
@@ -125,7 +125,7 @@ def gptq_model(model: object, windows: np.ndarray, formats: dict[str, GridFormat
             layer = layers[i]
             modules = {name: torch_module(model, f"layers.{i}.{name}") for group in SHARED_INPUT_GROUPS
                        for name in group}
-            hooks = {group: _InputHessian() for group in SHARED_INPUT_GROUPS}
+            hooks = {group: InputHessian() for group in SHARED_INPUT_GROUPS}
             handles = [modules[group[0]].register_forward_hook(h) for group, h in hooks.items()]
             try:
                 run_layer(layer, hidden, kwargs)
@@ -148,7 +148,7 @@ def gptq_model(model: object, windows: np.ndarray, formats: dict[str, GridFormat
         tied = model.lm_head.weight is model.model.embed_tokens.weight  # type: ignore[attr-defined]
         head = "embed" if tied else "lm_head"
         if head in formats:
-            head_hessian = _InputHessian()
+            head_hessian = InputHessian()
             head_hessian(None, (model.model.norm(hidden),), None)  # type: ignore[attr-defined]
             out[head] = quantize(formats[head], model.lm_head.weight.detach().numpy(), head_hessian.hessian)  # type: ignore[attr-defined]
             _set_weight(model.lm_head, out[head])  # type: ignore[attr-defined]

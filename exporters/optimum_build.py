@@ -1,0 +1,195 @@
+"""Build a package graph through optimum: its float export, edgekit's weight formats, and the model's contract.
+
+The stages after this are the native ones (lowering, package, validate, bench). What differs is only how
+the graph is obtained and how its weights are found: by node (exporters.graph_weights) rather than by an
+architecture's name table, so tensors carry their torch module paths (`encoder.layer.0.attention.self.query`),
+which `--plan` globs match.
+
+GPTQ here takes each weight's input Hessian from one pass of the float model over the calibration text (not
+layer by layer as exporters.quantize.sequential does for native architectures, which needs each
+architecture's layer structure).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from edgekit.exporters.graph_weights import WeightSite, rewrite, weight_sites
+from edgekit.exporters.optimum_export import DECODER_TASK, optimum_graph, task_for
+from edgekit.exporters.pooling_graph import append_pooling
+from edgekit.exporters.quantize.calibration import file_windows
+from edgekit.exporters.quantize.plan import load_plan
+from edgekit.exporters.quantize.rtn import quantize_rtn
+from edgekit.exporters.quantize.spec import QuantConfig, embedding_format
+from edgekit.exporters.sentence_config import read_sentence_config
+from tokenizers import Tokenizer
+
+from edgekit.errors import EdgekitError
+from edgekit.evaltext import held_out_text
+from edgekit.formats import BlockQuantWeight, GridFormat
+from edgekit.jsonfile import read_json_object
+from edgekit.model_config import ModelConfig
+from edgekit.package import CONCAT_KV_CONTRACT, EMBEDDING_CONTRACT
+from edgekit.progress import progress
+from edgekit.recipe import Recipe
+
+
+class OptimumBuild:
+    """One optimum export of a Hugging Face folder: `graph` (float, or low-bit after `quantize`), `config`,
+    `contract`, and the manifest sections it adds (`extra`)."""
+
+    kind = "hf"
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.task = task_for(read_json_object(path / "config.json"))
+        self.contract = CONCAT_KV_CONTRACT if self.task == DECODER_TASK else EMBEDDING_CONTRACT
+        self.sentence = None if self.task == DECODER_TASK else read_sentence_config(path)
+        self.graph = optimum_graph(path, self.task)
+        self.config = model_config(path, self.graph, self.task)
+        self.sites = weight_sites(self.graph, self.config.vocab_size)
+        self.recipe = Recipe(tensor_formats={s.name: "f32" for s in self.sites if not s.tied})
+        self.custom_ops: list[str] = []
+
+    def quantize(self, quant: QuantConfig, tokenizer: Tokenizer) -> None:
+        """Replace the weights by quant's formats (RTN or GPTQ), in the graph's own edgekit ops."""
+        for option, given in (("--target-bpw", quant.target_bpw is not None), ("--tune-steps", quant.tune_steps)):
+            if given:
+                raise EdgekitError(f"{option} is not available for graphs built through optimum (native builders "
+                                   "only); use --weights or --plan", self.path)
+        sites = [s for s in self.sites if not s.tied]
+        formats = site_formats(sites, quant)
+        for s in sites:
+            formats[s.name].check_width(s.name, s.weight.shape[1])
+        hessians: dict[str, np.ndarray] = {}
+        calibration = "none"
+        if quant.method == "gptq":
+            longest = self.sentence.max_seq_length if self.sentence else self.config.max_position_embeddings
+            windows, calibration = calibration_windows(quant, tokenizer, self.path, longest)
+            hessians = input_hessians(self.path, self.task, [s.name for s in sites if s.kind != "gather"], windows)
+        quantized: dict[str, BlockQuantWeight] = {}
+        for s in progress(sites, f"quantizing ({quant.method})"):
+            if s.name in hessians:
+                from edgekit.exporters.quantize.gptq import gptq_quantize
+
+                quantized[s.name] = gptq_quantize(s.weight, hessians[s.name], formats[s.name],
+                                                  act_order=quant.act_order, damp=quant.damp)
+            else:
+                quantized[s.name] = quantize_rtn(s.weight, formats[s.name])
+        self.graph, self.custom_ops = rewrite(self.graph, self.sites, quantized, self.config)
+        projections = [s.name for s in sites if s.kind != "gather"]
+        uniform = {formats[n] for n in projections}
+        fmt = next(iter(uniform)) if len(uniform) == 1 else None
+        stored = sum(formats[s.name].stored_bits(*s.weight.shape) for s in sites if s.kind != "gather")
+        self.recipe = Recipe(method=quant.method, tensor_formats={n: f.name for n, f in formats.items()},
+                             bits=fmt.bits if fmt else None, group_size=fmt.group_size if fmt else None,
+                             symmetric=fmt.symmetric if fmt else quant.symmetric,
+                             act_order=quant.act_order and quant.method == "gptq", calibration=calibration,
+                             plan=f"plan {Path(quant.plan).name}" if quant.plan else None,
+                             bits_per_weight=round(stored / sum(s.weight.size for s in sites if s.kind != "gather"), 4))
+
+    def finish(self) -> onnx.ModelProto:
+        """The graph with its contract's outputs: an encoder's pooled (and normalized) sentence embedding."""
+        if self.sentence is not None:
+            self.graph = append_pooling(self.graph, self.sentence.pooling, self.sentence.normalize)
+        return self.graph
+
+    def manifest_sections(self) -> dict[str, Any]:
+        io = {"inputs": [i.name for i in self.graph.graph.input], "outputs": [o.name for o in self.graph.graph.output]}
+        sections: dict[str, Any] = {"graph": {"builder": "optimum", "optimum_task": self.task, **io}}
+        if self.sentence is not None:
+            sections["encoder"] = asdict(self.sentence)
+        return sections
+
+
+def site_formats(sites: list[WeightSite], quant: QuantConfig) -> dict[str, GridFormat]:
+    """Per weight: the plan's rule, else --weights (or the plan's default) for matrices and its 8-bit counterpart
+    for the token embedding (and a tied output layer, the same table), as for native exports."""
+    rules = load_plan(quant.plan, quant.group_size) if quant.plan is not None else None
+    default = quant.weights or (rules.default if rules else None)
+    pinned = rules.matched([s.name for s in sites]) if rules else {}
+    formats: dict[str, GridFormat] = {}
+    for s in sites:
+        fmt = pinned.get(s.name)
+        if fmt is None and default is not None:
+            fmt = embedding_format(default) if s.kind == "gather" else default
+        if fmt is None:
+            raise EdgekitError(f"tensor {s.name} has no format: give --weights or a plan `default:`", quant.plan)
+        formats[s.name] = fmt
+    return formats
+
+
+def calibration_windows(quant: QuantConfig, tokenizer: Tokenizer, path: Path, longest: int,
+                        ) -> tuple[np.ndarray, str]:
+    """GPTQ's calibration tokens in windows of at most `longest`: --calib's file, else held-out text of the
+    evaluation corpus (an encoder cannot write its own text, as native decoders do)."""
+    cal = replace(quant.calibration, seq_len=min(quant.calibration.seq_len, longest))
+    whole = Tokenizer.from_str(tokenizer.to_str())  # a copy: an encoder's tokenizer.json truncates (to 128)
+    whole.no_truncation()
+    if cal.file is not None:
+        windows = file_windows(str(cal.file), whole, cal)
+        return windows, f"{Path(cal.file).name}, {windows.size} tokens"
+    ids = whole.encode(held_out_text(), add_special_tokens=False).ids[: cal.max_tokens]
+    n = len(ids) // cal.seq_len
+    if n == 0:
+        raise EdgekitError("the built-in calibration text is too short for this tokenizer", path)
+    return np.asarray(ids[: n * cal.seq_len], np.int64).reshape(n, cal.seq_len), f"held-out text, {n * cal.seq_len} tokens"
+
+
+def input_hessians(path: Path, task: str, names: list[str], windows: np.ndarray) -> dict[str, np.ndarray]:
+    """XᵀX / T of each named module's input over the calibration windows, from the float torch model (float64).
+    Modules the torch model has no submodule for (names from a graph node without a module path) are left out
+    and take RTN."""
+    import torch
+    import transformers
+    from edgekit.exporters.quantize.sequential import InputHessian
+
+    auto = transformers.AutoModelForCausalLM if task == DECODER_TASK else transformers.AutoModel
+    model = auto.from_pretrained(str(path), dtype=torch.float32, local_files_only=True).eval()
+    hooks: dict[str, InputHessian] = {}
+    handles = []
+    for name in names:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            continue
+        hooks[name] = InputHessian()
+        handles.append(module.register_forward_hook(hooks[name]))
+    try:
+        with torch.no_grad():
+            for row in progress(windows, "calibration (float model)"):
+                model(torch.from_numpy(row[None]))
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: h.hessian for name, h in hooks.items() if h.rows}
+
+
+def model_config(path: Path, graph: onnx.ModelProto, task: str) -> ModelConfig:
+    """The manifest's model facts, from transformers' config (which maps each family's own key names) and, for a
+    decoder, the cache shapes optimum's graph declares."""
+    import transformers
+
+    cfg = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+    hidden, heads = int(cfg.hidden_size), int(cfg.num_attention_heads)
+    past = {i.name: i.type.tensor_type.shape.dim for i in graph.graph.input if i.name.startswith("past_key_values.")}
+    layers = sum(1 for n in past if n.endswith(".key")) if task == DECODER_TASK else int(cfg.num_hidden_layers)
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+    if task == DECODER_TASK and "past_key_values.0.key" in past:
+        dims = past["past_key_values.0.key"]
+        kv_heads, head_dim = dims[1].dim_value or kv_heads, dims[3].dim_value or head_dim
+    eps = next((getattr(cfg, k) for k in ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
+                if getattr(cfg, k, None) is not None), 1e-5)
+    return ModelConfig(
+        architecture=cfg.model_type, num_layers=layers, hidden_size=hidden, num_heads=heads,
+        num_kv_heads=int(kv_heads), head_dim=int(head_dim),
+        intermediate_size=int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * hidden),
+        vocab_size=int(cfg.vocab_size), rope_theta=float(getattr(cfg, "rope_theta", None) or 0.0),
+        rms_norm_eps=float(eps), max_position_embeddings=int(cfg.max_position_embeddings),
+        tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)))
+
