@@ -48,6 +48,21 @@ def make_session(graph: Path, settings: SessionSettings) -> ort.InferenceSession
         raise EdgekitError(f"corrupt package: onnxruntime cannot load this graph ({first})", graph) from exc
 
 
+@contextmanager
+def graph_failures(total: int) -> Iterator[None]:
+    """onnxruntime's own error types, raised by a graph at odds with its manifest (damaged), as one line."""
+    try:
+        yield
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgekitError(f"corrupt package: the graph failed at {total} tokens ({first})") from exc
+
+
+def check_room(total: int, max_length: int) -> None:
+    if total > max_length:
+        raise EdgekitError(f"context full: {total} tokens exceed the maximum length {max_length}")
+
+
 def cache_shapes(session: ort.InferenceSession) -> list[tuple[int, int]]:
     """(kv_heads, head_dim) of each layer's cache, read from the graph's `past_key_values.{i}.key` inputs."""
     shapes = {i.name: i.shape for i in session.get_inputs()}
@@ -94,19 +109,15 @@ class Decoder:
         ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
         s = ids.shape[1]
         total = self.length + s
-        if total > self.max_length:
-            raise EdgekitError(f"context full: {total} tokens exceed the maximum length {self.max_length}")
+        check_room(total, self.max_length)
         session, b = self._bindings[-1] if s > 1 else self._bindings[0]
         b.bind_cpu_input("input_ids", ids)
         b.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
         b.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
         b.bind_cpu_input("logits_from", np.array([s - min(n_logits, s)], np.int64))
         b.bind_output("logits")
-        try:
+        with graph_failures(total):
             session.run_with_iobinding(b)
-        except Exception as exc:  # onnxruntime's own error types: a graph at odds with its manifest (damaged)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EdgekitError(f"corrupt package: the graph failed at {total} tokens ({first})") from exc
         self.length = total
         return b.get_outputs()[0].numpy()[0]
 

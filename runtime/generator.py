@@ -17,6 +17,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 import onnxruntime as ort
+from edgekit.runtime.concat_decoder import ConcatCacheDecoder
 from edgekit.runtime.decoder import Decoder, SequenceCaches, SessionSettings, StatePool, make_session
 from edgekit.runtime.decoding import MAX_DRAFT, DecodeStats, decode
 from edgekit.runtime.draft_policy import CostAwareLength, PassCosts
@@ -27,7 +28,7 @@ from edgekit.runtime.sampling import SamplingParams, check_int
 from edgekit.runtime.text import StreamDecoder, TextCodec
 
 from edgekit.errors import EdgekitError
-from edgekit.package import Manifest, package_file, package_path
+from edgekit.package import CONCAT_KV_CONTRACT, CONTRACT, Manifest, package_file, package_path
 
 DEFAULT_MAX_LENGTH = 2048
 DRAFT_POLICIES = ("cost", "all")
@@ -189,11 +190,16 @@ class Model:
 
     def _new_caches(self) -> SequenceCaches:
         draft = Decoder(self._draft_session, self._draft_length) if self._draft_session is not None else None
+        if self.manifest.data["graph"]["contract"] == CONCAT_KV_CONTRACT:
+            return SequenceCaches(ConcatCacheDecoder(self._session, self.max_length), draft)
         return SequenceCaches(Decoder(self._session, self.max_length, self._wide_session), draft)
 
     def _open(self, folder: Path, verify: bool, max_length: int | None, threads: int, spinning: bool,
               float_passes: bool = False) -> tuple[Manifest, ort.InferenceSession, ort.InferenceSession | None, int]:
         manifest = load_manifest(folder, verify=verify)
+        if float_passes and manifest.data["graph"]["contract"] != CONTRACT:
+            raise EdgekitError("float_passes needs a decoder built by edgekit's native builder (its cache buffers "
+                               "are shared by two sessions)", folder)
         config = manifest.model
         length = min(max_length or DEFAULT_MAX_LENGTH, config.max_position_embeddings)
         settings = SessionSettings(self.provider, threads, spinning)
