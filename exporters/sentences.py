@@ -4,7 +4,8 @@ VALIDATION_SENTENCES vary length (one word to about sixty), topic and form (ques
 dialogue, lists, quotes, emoji, accents, a few non-English lines), so an encoder is compared on the kinds
 of input an application sends. PARAPHRASE_PAIRS and DISTRACTORS make a small retrieval check: each query
 is ranked against its 50 matches and 50 distractors, some of which share a query's topic words without
-meaning the same (hard negatives).
+meaning the same (hard negatives). A few of those outrank the match even in float32 (all-MiniLM-L6-v2 puts
+46 of 50 matches first): compare a package's ranks with its reference's, not with 1.
 """
 
 from __future__ import annotations
@@ -227,25 +228,25 @@ PARAPHRASE_PAIRS: tuple[tuple[str, str], ...] = (
 DISTRACTORS: tuple[str, ...] = (
     # hard negatives: a query's topic words, another meaning
     "My password manager stores all my account details in one place.",
-    "The cat knocked a glass off the kitchen table.",
+    "The dog is sleeping on the sofa.",
     "Last year's rain was the heaviest on record.",
-    "Chess sets carved from wood are expensive.",
-    "The train station in Berlin was built in the nineteenth century.",
-    "Coffee beans are grown mostly in tropical countries.",
+    "She lost the chess tournament in the first round.",
+    "The train to Berlin was full but left on time.",
+    "Drinking coffee in the morning helps me wake up.",
     "The company hired a new chief executive.",
     "Some plants can survive for months without water.",
     "The plumber's van was parked outside all afternoon.",
-    "The museum's collection includes ancient coins.",
-    "Laptop sales fell during the first quarter.",
+    "The museum closes at five in the afternoon.",
+    "My laptop screen flickers when the battery is low.",
     "The shelter needs volunteers at weekends.",
-    "The bridge was painted red in 1990.",
+    "The bridge reopened once the repairs were finished.",
     "Running shoes should be replaced every few hundred kilometres.",
     "The band released its first album in 2010.",
     "The bus driver greeted every passenger by name.",
     "Flour prices have been stable for months.",
     "Fishing is the main industry of the village.",
     "The airport has three terminals.",
-    "The exam results will be published online.",
+    "The teachers are marking the final exams.",
     "Phone numbers in this country have ten digits.",
     "The tallest building in the city has ninety floors.",
     "The store is closed on public holidays.",
@@ -257,15 +258,15 @@ DISTRACTORS: tuple[str, ...] = (
     "Snow rarely falls in this part of the country.",
     "The software company moved its headquarters to Dublin.",
     "The supermarket opened a new branch near the station.",
-    "The gallery is showing photographs from the 1960s.",
+    "The painting was sold to a private collector.",
     "Morning is the best time to see birds in the park.",
     "The bakery on Main Street was founded by two sisters.",
     "The football stadium holds sixty thousand people.",
     "Dolphins communicate with clicks and whistles.",
     "The library was built with money from a local merchant.",
-    "I keep a spare key with my neighbour.",
+    "I found my car keys in my coat pocket.",
     "Tulips were once worth more than houses in Holland.",
-    "The printer was invented long before the computer.",
+    "The printer is out of ink again.",
     # plausible, other topics
     "The hotel breakfast is served until ten thirty.",
     "Most trains in the region run on electricity.",
