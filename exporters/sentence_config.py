@@ -49,8 +49,7 @@ def read_sentence_config(folder: Path) -> SentenceConfig:
     hf_config = read_json_object(folder / "config.json")
     hidden = _positive_int(hf_config, "hidden_size", folder / "config.json", required=False)
     if not (folder / "modules.json").is_file():
-        if hidden is None:
-            raise EdgekitError("hidden_size is missing, expected a positive integer", folder / "config.json")
+        hidden = _positive_int(hf_config, "hidden_size", folder / "config.json", required=True)
         return SentenceConfig("mean", False, _default_max_length(folder, hf_config), hidden)
     modules = _read_modules(folder / "modules.json")
     pooling, dimension = _read_pooling(folder / modules[1][1] / "config.json", hidden)

@@ -191,3 +191,8 @@ def test_lowercasing_and_default_prompts_are_refused(tmp_path: Path) -> None:
     write_json(folder / "config_sentence_transformers.json", {"prompts": {"query": "query: "},
                                                                "default_prompt_name": "query"})
     refuses(folder, "config_sentence_transformers.json", "'query'")
+
+
+def test_plain_folder_needs_hidden_size(tmp_path: Path) -> None:
+    write_json(tmp_path / "config.json", {"dim": 16, "max_position_embeddings": 64})
+    refuses(tmp_path, "config.json", "hidden_size is missing")
