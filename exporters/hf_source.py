@@ -104,15 +104,20 @@ class HFSource:
         return self.arch.from_hf(name, w)
 
 
-def hf_tokenizer(path: Path) -> tuple[Tokenizer, dict[str, Any]]:
-    """The folder's tokenizer.json and the facts the runtime needs (from tokenizer/generation configs)."""
+def tokenizer_json(path: Path) -> Tokenizer:
+    """The folder's tokenizer.json as it is (its own truncation and padding settings included)."""
     tj = path / "tokenizer.json"
     if not tj.is_file():
         raise EdgekitError("tokenizer.json is missing (edgekit needs a fast tokenizer)", path)
     try:
-        tok = Tokenizer.from_file(str(tj))
+        return Tokenizer.from_file(str(tj))
     except Exception as exc:  # the tokenizers library raises a bare Exception on malformed files
         raise EdgekitError(f"cannot read the tokenizer ({exc})", tj) from exc
+
+
+def hf_tokenizer(path: Path) -> tuple[Tokenizer, dict[str, Any]]:
+    """The folder's tokenizer.json and the facts the runtime needs (from tokenizer/generation configs)."""
+    tok = tokenizer_json(path)
     tcfg = _read_json(path / "tokenizer_config.json")
     gcfg = _read_json(path / "generation_config.json")
     mcfg = _read_json(path / "config.json")

@@ -10,6 +10,19 @@ from edgekit.exporters.sources import resolve_path
 from edgekit.errors import EdgekitError
 
 
+def torch_device(device: str) -> str:
+    """'cpu' or 'cuda' for a reference's --device (auto: cuda when torch sees a GPU)."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EdgekitError("--device cuda: torch sees no CUDA GPU on this machine")
+    if device not in ("cpu", "cuda"):
+        raise EdgekitError(f"unknown reference device {device!r} (cpu, cuda, auto)")
+    return device
+
+
 class TorchReference:
     """transformers' model for SRC (a GGUF is dequantized to float32 by transformers itself)."""
 
@@ -19,12 +32,7 @@ class TorchReference:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda" and not torch.cuda.is_available():
-            raise EdgekitError("--device cuda: torch sees no CUDA GPU on this machine")
-        if device not in ("cpu", "cuda"):
-            raise EdgekitError(f"unknown reference device {device!r} (cpu, cuda, auto)")
+        device = torch_device(device)
         path = resolve_path(src)
         kwargs: dict[str, object] = {"torch_dtype": torch.float32}
         if path.is_file():

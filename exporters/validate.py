@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from edgekit.exporters.validation_table import validation_table
 from edgekit.runtime import GenerationConfig, Model
 
 from edgekit.evaltext import default_text, log_softmax, windows
@@ -62,10 +63,8 @@ class ValidationReport:
             ("perplexity reference", f"{self.ppl_reference:.4f}"),
             ("perplexity runtime", f"{self.ppl_runtime:.4f} ({self.ppl_delta:+.3%})"),
             ("KL(reference || runtime)", f"{self.kl_divergence:.3g} nats/token"),
-            ("result", "PASS" if not self.failures else "FAIL: " + "; ".join(self.failures)),
         ]
-        w = max(len(k) for k, _ in rows)
-        return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+        return validation_table(rows, self.failures)
 
 
 def _identical_prefix(a: list[int], b: list[int]) -> int:
