@@ -237,20 +237,37 @@ def _interactive_chat(model: Any, system: str | None, gen: Any) -> None:
 @click.option("--max-ppl-delta", type=float, default=0.001, show_default=True, help="Relative perplexity limit.")
 @click.option("--min-top1", type=float, default=0.99, show_default=True)
 @click.option("--max-kl", type=float, default=None)
+@click.option("--min-mean-cosine", type=float, default=0.98, show_default=True,
+              help="Encoders: mean cosine similarity to the reference needed.")
+@click.option("--min-cosine", type=float, default=0.90, show_default=True,
+              help="Encoders: cosine similarity needed on every sentence.")
+@click.option("--max-abs-error", type=float, default=None, help="Encoders: largest embedding element error allowed.")
 @click.option("--fast", is_flag=True, help="Validate the fast (int8 activation) mode.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_one_line_errors
 def validate(pkg: str, reference_src: str, device: str, tokens: int, text_file: str | None, min_greedy: int | None,
-             max_ppl_delta: float, min_top1: float, max_kl: float | None, fast: bool, as_json: bool) -> None:
-    """Compare PKG's runtime with the PyTorch reference; exit 1 when a threshold fails."""
-    from edgekit.exporters.reference import TorchReference
-    from edgekit.exporters.validate import Thresholds
-    from edgekit.exporters.validate import validate as run_validate
+             max_ppl_delta: float, min_top1: float, max_kl: float | None, min_mean_cosine: float, min_cosine: float,
+             max_abs_error: float | None, fast: bool, as_json: bool) -> None:
+    """Compare PKG's runtime with the PyTorch reference; exit 1 when a threshold fails.
 
+    Decoders: logit error, top-1 agreement, identical greedy tokens, perplexity and KL on --text. Encoders:
+    cosine similarity per sentence on a built-in set of 126 varied sentences (or --text, one per line)."""
     model = _load(pkg, "cpu", fast)
-    reference = TorchReference(reference_src, device)
     text = Path(text_file).read_text(encoding="utf-8") if text_file else None
-    report = run_validate(model, reference, tokens, text, Thresholds(min_greedy, max_ppl_delta, min_top1, max_kl))
+    if hasattr(model, "embed"):
+        from edgekit.exporters.encoder_reference import TorchEncoderReference
+        from edgekit.exporters.encoder_validate import EncoderThresholds, validate_encoder
+
+        lines = [line for line in text.splitlines() if line.strip()] if text is not None else None
+        report = validate_encoder(model, TorchEncoderReference(reference_src, device), lines,
+                                  EncoderThresholds(min_mean_cosine, min_cosine, max_abs_error))
+    else:
+        from edgekit.exporters.reference import TorchReference
+        from edgekit.exporters.validate import Thresholds
+        from edgekit.exporters.validate import validate as run_validate
+
+        report = run_validate(model, TorchReference(reference_src, device), tokens, text,
+                              Thresholds(min_greedy, max_ppl_delta, min_top1, max_kl))
     if as_json:  # the package block lets `edgekit report` match this result with bench results
         from edgekit.runtime.bench_environment import package_identity
 

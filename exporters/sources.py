@@ -51,10 +51,15 @@ def choose_builder(path: Path, builder: str) -> str:
     if builder == "optimum" and not folder:
         raise EdgekitError("--builder optimum takes a Hugging Face folder (with config.json); GGUF files are "
                            "exported by the native builder", path)
-    if builder != "auto" or not folder:
-        return builder if builder != "auto" else "native"
+    if builder == "optimum" or not folder:
+        return "native" if builder == "auto" else builder
     model_type = read_json_object(path / "config.json").get("model_type")
-    return "native" if model_type in ARCHITECTURES else "optimum"
+    if model_type in ARCHITECTURES:
+        return "native"
+    if builder == "native":
+        raise EdgekitError(f"no native builder for architecture {model_type!r} (native: "
+                           f"{', '.join(sorted(ARCHITECTURES))}); use --builder optimum", path / "config.json")
+    return "optimum"
 
 
 def open_source(src: str) -> Source:
