@@ -37,7 +37,6 @@ from edgekit.package import CONCAT_KV_CONTRACT, EMBEDDING_CONTRACT
 from edgekit.progress import progress
 from edgekit.recipe import Recipe
 
-
 MIN_SENTENCE_CHARS = 30  # shorter lines of the calibration text are headings and code, not sentences
 CALIBRATION_SENTENCES = 256  # an encoder's GPTQ inputs, one forward pass each: about a minute for MiniLM
 

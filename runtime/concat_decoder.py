@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
-
 from edgekit.runtime.decoder import cache_shapes, check_room, graph_failures
 
 

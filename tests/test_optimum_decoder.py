@@ -10,16 +10,17 @@ import pytest
 import torch
 import transformers
 from click.testing import CliRunner
-from factories import VOCAB, tokenizer_files
-
-from edgekit.cli import main
 from edgekit.exporters.graph_weights import EMBED, weight_sites
 from edgekit.exporters.optimum_export import DECODER_TASK, optimum_graph
 from edgekit.exporters.pipeline import export
+from edgekit.exporters.quantize.rtn import quantize_rtn
 from edgekit.exporters.quantize.spec import quant_config_from_options
 from edgekit.exporters.reference import TorchReference
-from edgekit.formats import BlockQuantWeight
 from edgekit.runtime import GenerationConfig, load
+from factories import VOCAB, tokenizer_files
+
+from edgekit.cli import main
+from edgekit.formats import BlockQuantWeight, weight_format
 
 CONFIGS = {
     "gpt2": lambda: transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=256,
@@ -86,9 +87,6 @@ def _fake_quantized(folder: Path, package: Path) -> TorchReference:
     """The torch model with the package's own low-bit weights, dequantized, written into its modules."""
     reference = TorchReference(str(folder), "cpu")
     graph = optimum_graph(folder, DECODER_TASK)
-    from edgekit.exporters.quantize.rtn import quantize_rtn
-    from edgekit.formats import weight_format
-
     formats = json.loads((package / "manifest.json").read_text())["recipe"]["tensor_formats"]
     with torch.no_grad():
         for site in weight_sites(graph, VOCAB):
