@@ -26,6 +26,17 @@ def layer_formats(tensor_formats: dict[str, str], num_layers: int) -> list[dict[
     return rows
 
 
+def tensor_groups(tensor_formats: dict[str, str]) -> dict[str, str]:
+    """Formats of a graph built through optimum, its tensors (torch module paths) grouped over layer indices:
+    `encoder.layer.*.attention.self.query` -> `int4g32` (formats joined when the layers differ)."""
+    groups: dict[str, list[str]] = {}
+    for name, fmt in tensor_formats.items():
+        fmts = groups.setdefault(re.sub(r"\.\d+(?=\.|$)", ".*", name), [])
+        if fmt not in fmts:
+            fmts.append(fmt)
+    return {pattern: ", ".join(fmts) for pattern, fmts in groups.items()}
+
+
 def parameter_count(model: dict[str, Any]) -> int:
     """Weights of the decoder's matrices and norms, from the architecture (the embedding counted once if tied)."""
     h, heads, kv, hd = model["hidden_size"], model["num_heads"], model["num_kv_heads"], model["head_dim"]
@@ -52,17 +63,20 @@ def summarize(folder: str | Path) -> dict[str, Any]:
         "edgekit_version": d.get("edgekit_version"),
         "created": d.get("created"),
         "source": {k: d.get("source", {}).get(k) for k in ("name", "kind", "file", "sha256")},
-        "architecture": {**model, "parameters": parameter_count(model)},
+        "architecture": {**model, "parameters": graph.get("parameters") or parameter_count(model)},
         "recipe": {k: v for k, v in recipe.items() if k != "tensor_formats"},
         "formats": {
             "embed": formats.get("embed"),
             "lm_head": formats.get("lm_head") or ("tied to embed" if model.get("tie_word_embeddings") else None),
             "layers": layer_formats(formats, model["num_layers"]),
+            "groups": tensor_groups(formats) if graph.get("builder") == "optimum" else {},
         },
+        "encoder": d.get("encoder"),
         "files": files,
         "total_bytes": sum(files.values()),
         "graph": {
             "contract": graph.get("contract"),
+            "builder": graph.get("builder", "native"),
             "file": graph.get("file"),
             "weights": graph.get("weights"),
             "custom_ops": graph.get("custom_ops", []),
@@ -130,12 +144,22 @@ def summary_table(s: dict[str, Any]) -> str:
         recipe.append(f"tuned {r['tune_steps']} steps")
     lines.append("recipe        " + ", ".join(recipe) + f"; formats {json.dumps(r.get('summary', {}))}")
     f = s["formats"]
-    lines.append(f"formats       embed {f['embed']}, lm_head {f['lm_head']}; per layer:")
-    lines += _grid(["layers", *PROJECTIONS], [[idx, *fmts] for idx, fmts in _layer_ranges(f["layers"])], " " * 14)
+    if f["groups"]:
+        lines.append("formats       per tensor (torch module paths, * for every layer):")
+        lines += _grid(["tensor", "format"], [[k, v] for k, v in f["groups"].items()], " " * 14)
+    else:
+        lines.append(f"formats       embed {f['embed']}, lm_head {f['lm_head']}; per layer:")
+        lines += _grid(["layers", *PROJECTIONS], [[idx, *fmts] for idx, fmts in _layer_ranges(f["layers"])],
+                       " " * 14)
+    if s["encoder"]:
+        e = s["encoder"]
+        lines.append(f"encoder       {e.get('pooling')} pooling" + (", normalized" if e.get("normalize") else "")
+                     + f", {e.get('dimension')} dimensions, at most {e.get('max_seq_length')} tokens")
     lines.append(f"files         {_mb(s['total_bytes'])} in {len(s['files'])} files:")
     lines += _grid(["file", "size"], [[name, _mb(size)] for name, size in s["files"].items()], " " * 14)
     opsets = ", ".join(f"{k} {v}" for k, v in g["opsets"].items())
-    lines.append(f"graph         contract {g['contract']}, {g['file']} + {g['weights']}, opsets {opsets}")
+    lines.append(f"graph         contract {g['contract']}, {g['builder']} builder, {g['file']} + {g['weights']}, "
+                 f"opsets {opsets}")
     lines.append(f"custom ops    {', '.join(g['custom_ops']) or 'none'}")
     targets = [f"{name} ({e.get('provider')}): {e.get('file')}" + (f", fast {e['fast_file']}" if e.get("fast_file")
                                                                     else "")

@@ -38,7 +38,7 @@ from edgekit.progress import progress
 from edgekit.recipe import Recipe
 
 MIN_SENTENCE_CHARS = 30  # shorter lines of the calibration text are headings and code, not sentences
-CALIBRATION_SENTENCES = 256  # an encoder's GPTQ inputs, one forward pass each: about a minute for MiniLM
+CALIBRATION_SENTENCES = 1024  # an encoder's GPTQ inputs, one forward pass each
 
 
 class OptimumBuild:
@@ -55,6 +55,9 @@ class OptimumBuild:
         self.graph = optimum_graph(path, self.task)
         self.config = model_config(path, self.graph, self.task)
         self.sites = weight_sites(self.graph, self.config.vocab_size)
+        floats = [t for t in self.graph.graph.initializer if t.data_type == onnx.TensorProto.FLOAT]
+        # optimum stores a tied output layer as a second, transposed table: count those weights once.
+        self.parameters = (sum(int(np.prod(t.dims)) for t in floats) - sum(s.weight.size for s in self.sites if s.tied))
         self.recipe = Recipe(tensor_formats={s.name: "f32" for s in self.sites if not s.tied})
         self.custom_ops: list[str] = []
 
@@ -90,13 +93,17 @@ class OptimumBuild:
         projections = [s.name for s in sites if s.kind != "gather"]
         uniform = {formats[n] for n in projections}
         fmt = next(iter(uniform)) if len(uniform) == 1 else None
-        stored = sum(formats[s.name].stored_bits(*s.weight.shape) for s in sites if s.kind != "gather")
+        def bits(names: list[str]) -> float:
+            shapes = {s.name: s.weight.shape for s in sites}
+            stored = sum(formats[n].stored_bits(*shapes[n]) for n in names)
+            return round(stored / sum(shapes[n][0] * shapes[n][1] for n in names), 4)
+
         self.recipe = Recipe(method=quant.method, tensor_formats={n: f.name for n, f in formats.items()},
                              bits=fmt.bits if fmt else None, group_size=fmt.group_size if fmt else None,
                              symmetric=fmt.symmetric if fmt else quant.symmetric,
                              act_order=quant.act_order and quant.method == "gptq", calibration=calibration,
                              plan=f"plan {Path(quant.plan).name}" if quant.plan else None,
-                             bits_per_weight=round(stored / sum(s.weight.size for s in sites if s.kind != "gather"), 4))
+                             bits_per_weight=bits(projections), bits_per_weight_all=bits(list(formats)))
 
     def finish(self) -> onnx.ModelProto:
         """The graph with its contract's outputs: an encoder's pooled (and normalized) sentence embedding."""
@@ -106,7 +113,7 @@ class OptimumBuild:
 
     def manifest_sections(self) -> dict[str, Any]:
         io = {"inputs": [i.name for i in self.graph.graph.input], "outputs": [o.name for o in self.graph.graph.output]}
-        sections: dict[str, Any] = {"graph": {"builder": "optimum", "optimum_task": self.task, **io}}
+        sections: dict[str, Any] = {"graph": {"optimum_task": self.task, "parameters": self.parameters, **io}}
         if self.sentence is not None:
             sections["encoder"] = asdict(self.sentence)
         return sections
@@ -157,9 +164,12 @@ def calibration_sentences(quant: QuantConfig, tokenizer: Tokenizer, path: Path, 
     except (OSError, UnicodeDecodeError) as exc:
         raise EdgekitError(f"cannot read the calibration file ({exc})", cal.file) from exc
     lines = [line.strip() for line in text.splitlines() if len(line.strip()) >= MIN_SENTENCE_CHARS]
+    whole = Tokenizer.from_str(tokenizer.to_str())  # a copy: an encoder's tokenizer.json may truncate (to 128)
+    whole.no_truncation()
+    whole.no_padding()
     rows: list[np.ndarray] = []
     for line in lines:
-        ids = tokenizer.encode(line).ids
+        ids = whole.encode(line).ids
         rows.append(np.asarray([*ids[: longest - 1], ids[-1]] if len(ids) > longest else ids, np.int64))
         if len(rows) == CALIBRATION_SENTENCES:
             break

@@ -247,7 +247,7 @@ def describe(manifest: Manifest) -> str:
     size = sum(f["size"] for f in manifest.files.values()) / 1e6
     graph = manifest.data["graph"]
     kind = "sentence-embedding encoder" if graph["contract"] == EMBEDDING_CONTRACT else "decoder"
-    line = (f"{m.architecture} {kind} built by {graph['builder']}, {m.num_layers} layers, weights "
+    line = (f"{m.architecture} {kind}, {graph['builder']} builder, {m.num_layers} layers, weights "
             f"{json.dumps(manifest.data['recipe']['summary'])}, {size:.1f} MB")
     draft = manifest.data.get("draft")
     if draft:

@@ -130,7 +130,7 @@ def test_run_command_generates(packages: dict[str, Path]) -> None:
 
 def test_builder_choice_is_said_and_checked(models: dict[str, Path], tmp_path: Path, tiny_gguf_file: Path) -> None:
     result = CliRunner().invoke(main, ["export", str(models["gpt2"]), "-o", str(tmp_path / "a")])
-    assert result.exit_code == 0 and "built by optimum" in result.output, result.output
+    assert result.exit_code == 0 and "gpt2 decoder, optimum builder" in result.output, result.output
     for args, said in (([str(models["gpt2"]), "--builder", "native"], "no native builder for architecture 'gpt2'"),
                        ([str(tiny_gguf_file), "--builder", "optimum"], "--builder optimum takes a Hugging Face")):
         result = CliRunner().invoke(main, ["export", *args, "-o", str(tmp_path / "b")])
