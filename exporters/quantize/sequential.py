@@ -26,22 +26,28 @@ QuantizeFn = Callable[[GridFormat, np.ndarray, np.ndarray], BlockQuantWeight]
 
 
 class InputHessian:
-    """Accumulates XᵀX / T (float64 [K, K]) over every call of a module, X its input rows."""
+    """Accumulates XᵀX / T (float64 [K, K]) over every call of a module, X its input rows (those `keep()` selects,
+    when given: a padded batch's real tokens). The sum stays a torch tensor until read: many small calls cost
+    one in-place add each."""
 
-    def __init__(self) -> None:
-        self.sum: np.ndarray | None = None
+    def __init__(self, keep: Callable[[], object] | None = None) -> None:
+        self.sum: object | None = None
         self.rows = 0
+        self.keep = keep
 
     def __call__(self, module: object, args: tuple, output: object) -> None:
-        x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-        xtx = (x.T @ x).numpy()
-        self.sum = xtx if self.sum is None else self.sum + xtx
+        x = args[0].detach().reshape(-1, args[0].shape[-1])
+        if self.keep is not None:
+            x = x[self.keep()]
+        x = x.double()
+        xtx = x.T @ x
+        self.sum = xtx if self.sum is None else self.sum.add_(xtx)  # type: ignore[attr-defined]
         self.rows += x.shape[0]
 
     @property
     def hessian(self) -> np.ndarray:
         assert self.sum is not None, "module was never called"
-        return self.sum / self.rows
+        return (self.sum / self.rows).numpy()  # type: ignore[operator]
 
 
 class _Captured(Exception):
