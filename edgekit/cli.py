@@ -297,7 +297,8 @@ def embed(pkg: str, texts: tuple[str, ...], text_file: str | None, batch_size: i
     else:
         for text, vector, norm in zip(items, vectors, np.linalg.norm(vectors, axis=1)):
             click.echo(f"{_vector_preview(vector)}  norm {norm:.4f}  {text}")
-    click.echo(f"edgekit: {len(items)} texts, {encoder.dimension} dimensions, {ms:.0f} ms", err=True)
+    click.echo(f"edgekit: {len(items)} text{'s' if len(items) != 1 else ''}, {encoder.dimension} dimensions, "
+               f"{ms:.0f} ms", err=True)
 
 
 def _vector_preview(vector: Any) -> str:
