@@ -92,8 +92,10 @@ def test_encoder_bench_budgets_fail_with_exit_1(tiny_encoder_pkg: Path) -> None:
     assert missed.exit_code == 1, missed.output
     report = json.loads(missed.stdout)
     assert report["passed"] is False and [r["threads"] for r in report["rows"]] == [1, 2]
-    assert [f.split(": ", 1)[1].split(" ")[1] for f in report["budget_failures"][:3]] == \
-        ["sentences/s", "p90", "RSS"]
+    first = report["budget_failures"][:3]
+    assert first[0].startswith("threads 1: ") and first[0].endswith("sentences/s at batch 32 < 1e+09")
+    assert "latency p90" in first[1] and first[1].endswith("ms at batch 1 > 1e-06 ms")
+    assert "peak RSS" in first[2] and len(report["budget_failures"]) == 6
     met = CliRunner().invoke(main, ["bench", str(tiny_encoder_pkg), *ONE_ROUND, "--min-sentences-per-s", "0.01"])
     assert met.exit_code == 0 and "budgets" in met.stdout and "all met" in met.stdout
 
@@ -108,3 +110,15 @@ def test_encoder_bench_table_markdown_and_csv(tiny_encoder_pkg: Path) -> None:
     out = CliRunner().invoke(main, ["bench", str(tiny_encoder_pkg), *ONE_ROUND, "--format", "csv"]).stdout
     rows = list(csv.DictReader(io.StringIO(out)))
     assert len(rows) == 1 and float(rows[0]["sentences_per_s_32"]) > 0 and float(rows[0]["batch_ms_1_p90"]) > 0
+
+
+def test_report_refuses_encoder_bench_results_in_one_line(tiny_encoder_pkg: Path, tmp_path: Path) -> None:
+    for threads in ("0", "1,2"):
+        bench = CliRunner().invoke(main, ["bench", str(tiny_encoder_pkg), *ONE_ROUND, "--threads", threads, "--json"])
+        result_file = tmp_path / "bench.json"
+        result_file.write_text(bench.stdout)
+        result = CliRunner().invoke(main, ["report", str(result_file), "-o", str(tmp_path / "report.html")])
+        assert result.exit_code == 2, result.output
+        expected = (f"edgekit: error: {result_file}: an encoder package's bench result: the report charts text "
+                    "decoders' results only")
+        assert result.output.strip().splitlines() == [expected]
