@@ -125,14 +125,6 @@ def _load(pkg: str, device: str, fast: bool, max_length: int | None = None, thre
                  float_passes=float_passes)
 
 
-def _is_encoder(pkg: str) -> bool:
-    """Whether PKG is a sentence-embedding encoder package (read from its manifest alone)."""
-    from edgekit.package import read_manifest
-    from edgekit.runtime.loader import is_encoder
-
-    return is_encoder(read_manifest(pkg))
-
-
 def _require_kind(pkg: str, encoder: bool) -> None:
     """Refuse a package of the other kind with the command that serves it."""
     from edgekit.package import read_manifest
@@ -350,11 +342,10 @@ DECODER_BENCH_OPTIONS = ("prompt_lengths", "new_tokens", "max_ttft_ms", "min_tok
 ENCODER_BENCH_OPTIONS = ("min_sentences_per_s", "max_latency_ms")
 
 
-def _refuse_options(pkg: str, names: tuple[str, ...]) -> None:
+def _refuse_options(pkg: str, manifest: Any, names: tuple[str, ...]) -> None:
     """One line naming the options given on the command line that do not apply to PKG's kind."""
     from click.core import ParameterSource
 
-    from edgekit.package import read_manifest
     from edgekit.runtime.loader import describe_kind
 
     ctx = click.get_current_context()
@@ -362,7 +353,7 @@ def _refuse_options(pkg: str, names: tuple[str, ...]) -> None:
              if p.name in names and ctx.get_parameter_source(p.name) is not ParameterSource.DEFAULT]
     if given:
         raise EdgekitError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to this package: it "
-                           f"is {describe_kind(read_manifest(pkg))}", pkg)
+                           f"is {describe_kind(manifest)}", pkg)
 
 
 def _int_list(option: str, value: str) -> tuple[int, ...]:
@@ -407,17 +398,20 @@ def bench(pkg: str, prompt_lengths: str, new_tokens: int, rounds: int, device: s
     A text decoder: time to first token per prompt length, decode tokens/s and per-token latency. A
     sentence-embedding encoder: sentences/s and latency per batch at batch 1 and 32, over 40 built-in sentences
     of 4 to 60 words."""
+    from edgekit.package import read_manifest
     from edgekit.runtime.bench import check_budgets, run_sweep
     from edgekit.runtime.bench_encoder import check_encoder_budgets, run_encoder_sweep
     from edgekit.runtime.bench_formats import render
+    from edgekit.runtime.loader import is_encoder
 
     if as_json and fmt not in (None, "json"):
         raise EdgekitError(f"--json and --format {fmt} disagree (--json is --format json)")
     thread_counts = _int_list("--threads", threads)
     if any(t < 0 for t in thread_counts):
         raise EdgekitError(f"--threads: {min(thread_counts)} is not a thread count (0: onnxruntime's default)")
-    encoder = _is_encoder(pkg)
-    _refuse_options(pkg, ENCODER_BENCH_OPTIONS if not encoder else DECODER_BENCH_OPTIONS)
+    manifest = read_manifest(pkg)
+    encoder = is_encoder(manifest)
+    _refuse_options(pkg, manifest, DECODER_BENCH_OPTIONS if encoder else ENCODER_BENCH_OPTIONS)
     if encoder:
         result = run_encoder_sweep(pkg, thread_counts, rounds=rounds, device=device, fast=fast)
         for row in result.rows:

@@ -3,6 +3,7 @@ load() by contract, and the wrong kind of package refused in one line (API and C
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -120,3 +121,19 @@ def test_the_other_kind_is_refused_in_one_line(tiny_encoder_pkg: Path, tiny_gguf
     with pytest.raises(EdgekitError, match=r"is a text decoder \(llama\): load it with edgekit.runtime.load\(\), "
                                            r"which gives a Model"):
         Encoder(tiny_gguf_pkg)
+
+
+def test_graph_inputs_and_outputs_are_checked(tiny_encoder_pkg: Path, tmp_path: Path) -> None:
+    """A graph taking an input the runtime cannot fill, or a manifest with other outputs, is refused in one line."""
+    import json
+    import shutil
+
+    for key, value, words in (("inputs", ["input_ids", "pixel_values"], "takes input(s) ['pixel_values']"),
+                              ("outputs", ["last_hidden_state"], "graph.outputs is not ['sentence_embedding']")):
+        pkg = tmp_path / key
+        shutil.copytree(tiny_encoder_pkg, pkg)
+        manifest = json.loads((pkg / "manifest.json").read_text())
+        manifest["graph"][key] = value
+        (pkg / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(EdgekitError, match=re.escape(words)):
+            Encoder(pkg)
