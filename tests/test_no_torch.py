@@ -36,17 +36,20 @@ def test_runtime_generates_without_torch(tiny_gguf_pkg: Path) -> None:
 
 EMBED = SCRIPT.split("from edgekit")[0] + textwrap.dedent("""
     from edgekit.runtime import Encoder, load
+    from edgekit.runtime.bench_encoder import run_encoder_sweep
+    from edgekit.runtime.bench_formats import FORMATS, render
 
     encoder = load(sys.argv[1])
     assert isinstance(encoder, Encoder)
     vectors = encoder.embed(["Hello", "A longer sentence to embed."], batch_size=1)
     assert vectors.shape == (2, encoder.dimension), vectors.shape
+    assert all(render(run_encoder_sweep(sys.argv[1], (1,), rounds=1), fmt) for fmt in FORMATS)
     assert not any(m.split(".")[0] in ("torch", "transformers", "optimum", "onnx") for m in sys.modules)
     print("embedded", vectors.shape)
 """)
 
 
-def test_runtime_embeds_without_torch(tiny_encoder_pkg: Path) -> None:
+def test_runtime_embeds_and_benches_without_torch(tiny_encoder_pkg: Path) -> None:
     result = subprocess.run([sys.executable, "-c", EMBED, str(tiny_encoder_pkg)], capture_output=True, text=True,
                             check=False)
     assert result.returncode == 0, result.stderr
