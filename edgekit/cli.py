@@ -1,4 +1,4 @@
-"""The `edgekit` command: thin click commands over the library (export, run, validate, bench)."""
+"""The `edgekit` command: thin click commands over the library (export, run, embed, validate, bench)."""
 
 from __future__ import annotations
 
@@ -118,10 +118,20 @@ FLOAT_PASSES_HELP = ("Exact mode: prefill and speculative verify passes on float
 
 def _load(pkg: str, device: str, fast: bool, max_length: int | None = None, threads: int = 0,
           draft: bool = False, float_passes: bool = False) -> Any:
-    from edgekit.runtime import load
+    """A text decoder package as a Model (commands check its kind first, with _require_kind)."""
+    from edgekit.runtime import Model
 
-    return load(pkg, device=device, fast=fast, max_length=max_length, threads=threads, draft=draft,
-                float_passes=float_passes)
+    return Model(pkg, device=device, fast=fast, max_length=max_length, threads=threads, draft=draft,
+                 float_passes=float_passes)
+
+
+def _require_kind(pkg: str, encoder: bool) -> None:
+    """Refuse a package of the other kind with the command that serves it."""
+    from edgekit.package import read_manifest
+    from edgekit.runtime.loader import require_kind
+
+    instead = f"use `edgekit run {pkg} --prompt TEXT`" if encoder else f"use `edgekit embed {pkg} TEXT...`"
+    require_kind(pkg, read_manifest(pkg), encoder, instead)
 
 
 @main.command()
@@ -155,6 +165,7 @@ def run(pkg: str, prompt: str | None, prompt_file: str | None, chat: bool, syste
     from edgekit.runtime import GenerationConfig
     from edgekit.runtime.sampling import SamplingParams
 
+    _require_kind(pkg, encoder=False)
     try:  # the library checks every value; here a bad one is a one-line error like any other
         gen = GenerationConfig(max_new_tokens, SamplingParams(temperature, top_k, top_p), seed,
                                speculative=speculative, draft_len=draft_len, stop=stop)
@@ -178,26 +189,37 @@ def _prompt_text(prompt: str | None, prompt_file: str | None) -> str | None:
     if prompt is not None and prompt_file is not None:
         raise EdgekitError("give either --prompt or -f FILE, not both")
     if prompt_file is not None:
-        try:
-            raw = Path(prompt_file).read_bytes()
-        except OSError as exc:
-            raise EdgekitError(f"cannot read the prompt file ({exc.strerror})", prompt_file) from None
-        return _utf8(raw, prompt_file)
+        return _read_text(prompt_file, "prompt")
     if prompt == "-":
-        return _utf8(sys.stdin.buffer.read(), "stdin")
+        return _read_text("-", "prompt")
     if prompt is not None:
-        try:
-            prompt.encode("utf-8")  # undecodable argv bytes arrive as lone surrogates
-        except UnicodeEncodeError:
-            raise EdgekitError("--prompt is not valid UTF-8 text") from None
+        _check_utf8_argument(prompt, "--prompt")
     return prompt
 
 
-def _utf8(raw: bytes, origin: str) -> str:
+def _read_text(source: str, what: str) -> str:
+    """The UTF-8 text of a file, or of stdin for `-`; `what` names it in errors (prompt, text)."""
+    if source == "-":
+        return _utf8(sys.stdin.buffer.read(), "stdin", what)
+    try:
+        raw = Path(source).read_bytes()
+    except OSError as exc:
+        raise EdgekitError(f"cannot read the {what} file ({exc.strerror})", source) from None
+    return _utf8(raw, source, what)
+
+
+def _check_utf8_argument(value: str, name: str) -> None:
+    try:
+        value.encode("utf-8")  # undecodable argv bytes arrive as lone surrogates
+    except UnicodeEncodeError:
+        raise EdgekitError(f"{name} is not valid UTF-8 text") from None
+
+
+def _utf8(raw: bytes, origin: str, what: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise EdgekitError(f"the prompt is not valid UTF-8 text (byte {exc.start})", origin) from None
+        raise EdgekitError(f"the {what} is not valid UTF-8 text (byte {exc.start})", origin) from None
 
 
 def _echo_stream(stream: Any) -> None:
@@ -223,6 +245,58 @@ def _interactive_chat(model: Any, system: str | None, gen: Any) -> None:
             _echo_stream(conversation.send(line.rstrip("\n")))
     finally:
         conversation.close()
+
+
+EMBED_SHOWN = 6  # components printed per vector without --json
+
+
+@main.command()
+@click.argument("pkg")
+@click.argument("texts", nargs=-1)
+@click.option("-f", "--file", "text_file", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Also embed each line of this UTF-8 file (- reads stdin), blank lines included.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Texts per graph run.")
+@click.option("--device", type=DEVICES, default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(0), default=0, help="onnxruntime threads (0: its default).")
+@click.option("--fast", is_flag=True, help="int8 activations: faster, not exact (opt-in).")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"model": PKG, "dimension": N, "embeddings": [[...], ...]} with the full vectors.')
+@_one_line_errors
+def embed(pkg: str, texts: tuple[str, ...], text_file: str | None, batch_size: int, device: str, threads: int,
+          fast: bool, as_json: bool) -> None:
+    """Embed each TEXT (then each line of -f FILE) with the sentence-embedding package PKG.
+
+    Prints one line per text, in order: the vector's first 6 components, its L2 norm (1 when the package
+    normalizes) and the text. --json prints the full vectors; a timing line goes to stderr."""
+    import time
+
+    import numpy as np
+
+    from edgekit.runtime import Encoder
+
+    _require_kind(pkg, encoder=True)
+    for text in texts:
+        _check_utf8_argument(text, "TEXT")
+    items = [*texts, *(_read_text(text_file, "text").splitlines() if text_file is not None else [])]
+    if not items:
+        raise EdgekitError("give the texts to embed: TEXT arguments, or -f FILE (one text per line, - for stdin)")
+    encoder = Encoder(pkg, device=device, fast=fast, threads=threads)
+    t0 = time.perf_counter()
+    vectors = encoder.embed(items, batch_size=batch_size)
+    ms = (time.perf_counter() - t0) * 1e3
+    if as_json:
+        click.echo(json.dumps({"model": pkg, "dimension": encoder.dimension, "embeddings": vectors.tolist()}))
+    else:
+        for text, vector, norm in zip(items, vectors, np.linalg.norm(vectors, axis=1)):
+            click.echo(f"{_vector_preview(vector)}  norm {norm:.4f}  {text}")
+    click.echo(f"edgekit: {len(items)} text{'s' if len(items) != 1 else ''}, {encoder.dimension} dimensions, "
+               f"{ms:.0f} ms", err=True)
+
+
+def _vector_preview(vector: Any) -> str:
+    """`[+0.0123 -0.0456 ... ]`: the first EMBED_SHOWN components."""
+    shown = " ".join(f"{x:+.4f}" for x in vector[:EMBED_SHOWN])
+    return f"[{shown}{' ...' if len(vector) > EMBED_SHOWN else ''}]"
 
 
 @main.command()
@@ -252,9 +326,11 @@ def validate(pkg: str, reference_src: str, device: str, tokens: int, text_file: 
 
     Decoders: logit error, top-1 agreement, identical greedy tokens, perplexity and KL on --text. Encoders:
     cosine similarity per sentence on a built-in set of 126 varied sentences (or --text, one per line)."""
-    model = _load(pkg, "cpu", fast)
+    from edgekit.runtime import Encoder, load
+
+    model = load(pkg, fast=fast)
     text = Path(text_file).read_text(encoding="utf-8") if text_file else None
-    if hasattr(model, "embed"):
+    if isinstance(model, Encoder):
         from edgekit.exporters.encoder_reference import TorchEncoderReference
         from edgekit.exporters.encoder_validate import EncoderThresholds, validate_encoder
 
@@ -278,6 +354,26 @@ def validate(pkg: str, reference_src: str, device: str, tokens: int, text_file: 
         sys.exit(1)
 
 
+# bench options that measure or budget only one kind of package (parameter names)
+DECODER_BENCH_OPTIONS = ("prompt_lengths", "new_tokens", "max_ttft_ms", "min_tokens_per_s", "speculative",
+                         "draft_len", "float_passes")
+ENCODER_BENCH_OPTIONS = ("min_sentences_per_s", "max_latency_ms")
+
+
+def _refuse_options(pkg: str, manifest: Any, names: tuple[str, ...]) -> None:
+    """One line naming the options given on the command line that do not apply to PKG's kind."""
+    from click.core import ParameterSource
+
+    from edgekit.runtime.loader import describe_kind
+
+    ctx = click.get_current_context()
+    given = [p.opts[0] for p in ctx.command.params
+             if p.name in names and ctx.get_parameter_source(p.name) is not ParameterSource.DEFAULT]
+    if given:
+        raise EdgekitError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to this package: it "
+                           f"is {describe_kind(manifest)}", pkg)
+
+
 def _int_list(option: str, value: str) -> tuple[int, ...]:
     """A comma-separated option (`--threads 1,2,4`) as integers, or one line naming the option and the value."""
     try:
@@ -299,6 +395,10 @@ def _int_list(option: str, value: str) -> tuple[int, ...]:
 @click.option("--max-ttft-ms", type=float, default=None, help="Budget: fail if any TTFT is above.")
 @click.option("--min-tokens-per-s", type=float, default=None, help="Budget: fail if decode is slower.")
 @click.option("--max-rss-mb", type=float, default=None, help="Budget: fail if peak memory is above.")
+@click.option("--min-sentences-per-s", type=float, default=None,
+              help="Encoders, budget: fail if embedding at batch 32 is slower.")
+@click.option("--max-latency-ms", type=float, default=None,
+              help="Encoders, budget: fail if the p90 latency at batch 1 is above.")
 @click.option("--speculative", type=SPECULATIVE, default=None,
               help="Also measure speculative decoding (acceptance, speedup over plain in the same run).")
 @click.option("--draft-len", type=click.IntRange(1, 16), default=4, show_default=True)
@@ -309,21 +409,37 @@ def _int_list(option: str, value: str) -> tuple[int, ...]:
 @_one_line_errors
 def bench(pkg: str, prompt_lengths: str, new_tokens: int, rounds: int, device: str, threads: str, fast: bool,
           max_ttft_ms: float | None, min_tokens_per_s: float | None, max_rss_mb: float | None,
-          speculative: str | None, draft_len: int, float_passes: bool, fmt: str | None, as_json: bool) -> None:
-    """Measure PKG's latency on this device; exit 1 when a budget is missed (in any row of a sweep)."""
+          min_sentences_per_s: float | None, max_latency_ms: float | None, speculative: str | None, draft_len: int,
+          float_passes: bool, fmt: str | None, as_json: bool) -> None:
+    """Measure PKG's latency on this device; exit 1 when a budget is missed (in any row of a sweep).
+
+    A text decoder: time to first token per prompt length, decode tokens/s and per-token latency. A
+    sentence-embedding encoder: sentences/s and latency per batch at batch 1 and 32, over 40 built-in sentences
+    of 4 to 60 words."""
+    from edgekit.package import read_manifest
     from edgekit.runtime.bench import check_budgets, run_sweep
+    from edgekit.runtime.bench_encoder import check_encoder_budgets, run_encoder_sweep
     from edgekit.runtime.bench_formats import render
+    from edgekit.runtime.loader import is_encoder
 
     if as_json and fmt not in (None, "json"):
         raise EdgekitError(f"--json and --format {fmt} disagree (--json is --format json)")
-    lengths = _int_list("--prompt-lengths", prompt_lengths)
     thread_counts = _int_list("--threads", threads)
     if any(t < 0 for t in thread_counts):
         raise EdgekitError(f"--threads: {min(thread_counts)} is not a thread count (0: onnxruntime's default)")
-    result = run_sweep(pkg, thread_counts, lengths, new_tokens=new_tokens, rounds=rounds, device=device, fast=fast,
-                       speculative=speculative, draft_len=draft_len, float_passes=float_passes)
-    for row in result.rows:
-        check_budgets(row, max_ttft_ms, min_tokens_per_s, max_rss_mb)
+    manifest = read_manifest(pkg)
+    encoder = is_encoder(manifest)
+    _refuse_options(pkg, manifest, DECODER_BENCH_OPTIONS if encoder else ENCODER_BENCH_OPTIONS)
+    if encoder:
+        result = run_encoder_sweep(pkg, thread_counts, rounds=rounds, device=device, fast=fast)
+        for row in result.rows:
+            check_encoder_budgets(row, min_sentences_per_s, max_latency_ms, max_rss_mb)
+    else:
+        result = run_sweep(pkg, thread_counts, _int_list("--prompt-lengths", prompt_lengths), new_tokens=new_tokens,
+                           rounds=rounds, device=device, fast=fast, speculative=speculative, draft_len=draft_len,
+                           float_passes=float_passes)
+        for row in result.rows:
+            check_budgets(row, max_ttft_ms, min_tokens_per_s, max_rss_mb)
     click.echo(render(result, "json" if as_json else fmt or "table"))
     if result.budget_failures:
         sys.exit(1)

@@ -6,6 +6,7 @@ scores the same characters.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -25,6 +26,15 @@ def _topics() -> str:
 
 def default_text(chars: int = DEFAULT_CHARS) -> str:
     return _topics()[:chars]
+
+
+def sentences(count: int = 40) -> list[str]:
+    """`count` distinct sentences of the evaluation text, from 4 to 60 words in even steps of the length order:
+    the encoder benchmark's inputs, short and long as an app's are."""
+    found = {" ".join(s.split()) for s in re.split(r"(?<=[.!?])\s+", default_text())}
+    prose = sorted((s for s in found if 4 <= len(s.split()) <= 60 and s[0].isupper() and s[-1] in ".!?"),
+                   key=lambda s: (len(s.split()), s))
+    return [prose[round(i * (len(prose) - 1) / max(count - 1, 1))] for i in range(count)]
 
 
 def held_out_text(chars: int = 60_000) -> str:

@@ -24,6 +24,7 @@ CONTRACT = "causal-lm-kv"
 CONCAT_KV_CONTRACT = "causal-lm-concat-kv"
 EMBEDDING_CONTRACT = "sentence-embedding"
 CONTRACTS = (CONTRACT, CONCAT_KV_CONTRACT, EMBEDDING_CONTRACT)
+EMBEDDING_OUTPUT = "sentence_embedding"  # an encoder graph's one output: float32 [batch, dimension]
 POOLING_MODES = ("cls", "mean", "max", "lasttoken")  # an encoder's sentence embedding (exporters.pooling_graph)
 MANIFEST = "manifest.json"
 GRAPH_FILE = "model.onnx"
@@ -140,6 +141,9 @@ def _check_manifest(folder: Path, manifest: Manifest, path: Path) -> None:
         expect(isinstance(enc.get("normalize"), bool), "encoder.normalize is not true or false")
         for key in ("max_seq_length", "dimension"):
             expect(_is_int(enc.get(key)) and 0 < enc[key] < 1 << 31, f"encoder.{key} is not a positive integer")
+        expect(graph.get("outputs") == [EMBEDDING_OUTPUT], f"graph.outputs is not [{EMBEDDING_OUTPUT!r}]")
+        expect(isinstance(graph.get("inputs"), list) and all(isinstance(i, str) for i in graph["inputs"]),
+               "graph.inputs is not a list of input names")
     else:
         stops = data["generation"].get("stop_token_ids")
         expect(isinstance(stops, list) and all(_is_int(i) for i in stops), "generation.stop_token_ids is not a "

@@ -40,11 +40,15 @@ class Results:
 
 
 def result_kind(data: object) -> str:
-    """'bench' or 'validate' by the keys the JSON has, '' for neither."""
+    """'bench' or 'validate' by the keys the JSON has, 'encoder bench' for an encoder's, '' for neither."""
     if not isinstance(data, dict):
         return ""
     if "ppl_delta" in data and "greedy_identical" in data:
         return "validate"
+    rows = data.get("rows")
+    first = rows[0] if isinstance(rows, list) and rows and isinstance(rows[0], dict) else data
+    if "sentences_per_s" in first:
+        return "encoder bench"
     if "decode_tokens_per_s" in data or ("rows" in data and "environment" in data):
         return "bench"
     return ""
@@ -86,6 +90,9 @@ def load_results(paths: list[str | Path]) -> Results:
                 name = Path(environment.get("package", {}).get("path") or path.stem).name
                 threads = f", {row.get('threads') or 'default'} threads" if len(rows) > 1 else ""
                 results.bench.append(BenchRow(f"{name}{threads}", str(path), row, environment))
+        elif kind == "encoder bench":
+            raise EdgekitError("an encoder package's bench result: the report charts text decoders' results only",
+                               path)
         else:
             raise EdgekitError("neither a `bench --format json` nor a `validate --json` result "
                                "(no decode_tokens_per_s, rows or ppl_delta key)", path)

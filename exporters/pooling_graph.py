@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edgekit.package import EMBEDDING_OUTPUT as OUTPUT
 from edgekit.package import POOLING_MODES
 
 HIDDEN = "last_hidden_state"
-OUTPUT = "sentence_embedding"
 
 
 def append_pooling(model: onnx.ModelProto, pooling: str, normalize: bool) -> onnx.ModelProto:

@@ -15,8 +15,13 @@ raises ValueError before anything runs. `generate_ids` works on token ids; `mode
 (`send(text)` streams each reply). A loaded Model may be shared
 between threads and its streams interleaved: each generation checks its own KV cache out of the model's pool
 (`load(..., idle_caches=N)` keeps N for reuse; 94 MB each for SmolLM2-135M at 2048 tokens).
+
+A sentence-embedding package loads as an Encoder: `load("minilm-pkg").embed(["A cat sat.", "A dog ran."])` gives
+float32 [2, dimension] (pooled, and normalized when the package says so); an Encoder may be shared between threads.
 """
 
-from edgekit.runtime.generator import Generation, GenerationConfig, Model, load
+from edgekit.runtime.dispatch import load
+from edgekit.runtime.encoder import Encoder
+from edgekit.runtime.generator import Generation, GenerationConfig, Model
 
-__all__ = ["Generation", "GenerationConfig", "Model", "load"]
+__all__ = ["Encoder", "Generation", "GenerationConfig", "Model", "load"]

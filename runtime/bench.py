@@ -7,26 +7,28 @@ quartiles and range, and the raw per-round numbers for `edgekit report`'s distri
 
 from __future__ import annotations
 
-import resource
 import statistics
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgekit.runtime.bench_environment import bench_environment, load_average
+from edgekit.runtime.bench_common import (
+    FAST_MODE,
+    BenchResult,
+    check_rss,
+    peak_rss_mb,
+    percentiles,
+    row_dict,
+    size_on_disk_mb,
+    spread,
+    sweep,
+)
 from edgekit.runtime.generator import GenerationConfig, Model
 
 from edgekit.errors import EdgekitError
 from edgekit.evaltext import default_text
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    """Median, quartiles (q1, q3) and range (min, max) of per-round measurements, in their own unit."""
-    q1, median, q3 = (float(x) for x in np.percentile(values, [25, 50, 75]))
-    return {"median": median, "q1": q1, "q3": q3, "min": float(min(values)), "max": float(max(values))}
 
 
 @dataclass
@@ -55,16 +57,7 @@ class BenchReport:
     token_latencies_ms: list[list[float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
-        d = asdict(self)
-        for key in ("ttft_ms", "ttft_spread_ms", "ttft_rounds_ms"):
-            d[key] = {str(k): v for k, v in d[key].items()}
-        d["passed"] = not self.budget_failures
-        return d
-
-
-def peak_rss_mb() -> float:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+        return row_dict(self, ("ttft_ms", "ttft_spread_ms", "ttft_rounds_ms"))
 
 
 def _prompt_ids(model: Model, length: int) -> list[int]:
@@ -160,53 +153,23 @@ def run_bench(path: str | Path, prompt_lengths: tuple[int, ...] = (16, 128, 512)
     rate = statistics.median(rates)
     spec = speculative and speculative_summary(model, decode_ids, runs[-1][1], rate, speculative, draft_len,
                                                new_tokens, rounds)
-    all_lat = np.array([x for lat in per_round for x in lat]) * 1e3
-    size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
     return BenchReport(
         device=model.provider, threads=threads,
-        mode="fast (int8 activations)" if fast else "exact" + (", float32 multi-token passes" if float_passes else ""),
+        mode=FAST_MODE if fast else "exact" + (", float32 multi-token passes" if float_passes else ""),
         load_s=load_s, ttft_ms={n: statistics.median(v) for n, v in ttft_rounds.items()},
         decode_tokens_per_s=rate, speculative=spec or None,
-        token_latency_ms={p: float(np.percentile(all_lat, int(p[1:]))) for p in ("p50", "p90", "p99")},
-        new_tokens=new_tokens, peak_rss_mb=peak_rss_mb(), size_on_disk_mb=size, rounds=rounds,
+        token_latency_ms=percentiles([x * 1e3 for lat in per_round for x in lat]),
+        new_tokens=new_tokens, peak_rss_mb=peak_rss_mb(), size_on_disk_mb=size_on_disk_mb(path), rounds=rounds,
         ttft_spread_ms={n: spread(v) for n, v in ttft_rounds.items()}, decode_tokens_per_s_spread=spread(rates),
         ttft_rounds_ms=ttft_rounds, token_latencies_ms=[[x * 1e3 for x in lat] for lat in per_round],
     )
 
 
-@dataclass
-class BenchResult:
-    """A bench run: the environment and one report per thread count (the package reloaded for each)."""
-
-    environment: dict[str, Any]
-    rows: list[BenchReport]
-
-    @property
-    def budget_failures(self) -> list[str]:
-        if len(self.rows) == 1:
-            return list(self.rows[0].budget_failures)
-        return [f"threads {r.threads or 'default'}: {f}" for r in self.rows for f in r.budget_failures]
-
-    def to_dict(self) -> dict[str, object]:
-        """One thread count: that row's fields at the top level (the format before sweeps existed) plus
-        `environment`; a sweep: `environment`, `rows`, `budget_failures` and `passed`."""
-        if len(self.rows) == 1:
-            return {**self.rows[0].to_dict(), "environment": self.environment}
-        return {"environment": self.environment, "rows": [r.to_dict() for r in self.rows],
-                "budget_failures": self.budget_failures, "passed": not self.budget_failures}
-
-
 def run_sweep(path: str | Path, thread_counts: tuple[int, ...] = (0,), prompt_lengths: tuple[int, ...] = (16, 128, 512),
               **kwargs: Any) -> BenchResult:
-    """run_bench once per thread count (keyword arguments as run_bench's), with the environment around them.
-    Peak RSS is the process's: a later row's includes the earlier rows' peaks."""
+    """run_bench once per thread count (keyword arguments as run_bench's), with the environment around them."""
     check_lengths(prompt_lengths, int(kwargs.get("new_tokens", 64)))
-    load_before = load_average()
-    rows = [run_bench(path, prompt_lengths, threads=t, **kwargs) for t in thread_counts]
-    environment = bench_environment(path, rows[0].device, list(thread_counts))
-    environment["load_average_start"] = load_before
-    environment["load_average_end"] = load_average()
-    return BenchResult(environment, rows)
+    return sweep(path, thread_counts, lambda t: run_bench(path, prompt_lengths, threads=t, **kwargs))
 
 
 def check_budgets(report: BenchReport, max_ttft_ms: float | None, min_tokens_per_s: float | None,
@@ -218,5 +181,4 @@ def check_budgets(report: BenchReport, max_ttft_ms: float | None, min_tokens_per
                 report.budget_failures.append(f"TTFT {ms:.1f} ms at {n} tokens > {max_ttft_ms:g} ms")
     if min_tokens_per_s is not None and report.decode_tokens_per_s < min_tokens_per_s:
         report.budget_failures.append(f"decode {report.decode_tokens_per_s:.1f} tokens/s < {min_tokens_per_s:g}")
-    if max_rss_mb is not None and report.peak_rss_mb > max_rss_mb:
-        report.budget_failures.append(f"peak RSS {report.peak_rss_mb:.0f} MB > {max_rss_mb:g} MB")
+    check_rss(report, max_rss_mb)

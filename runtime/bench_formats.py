@@ -1,8 +1,10 @@
 """`edgekit bench --format table|json|md|csv`: one BenchResult, four renderings.
 
-Every rendering but JSON reads the same column list (`columns`), so a new measurement is one new column.
-JSON is the whole record (raw per-round numbers and the environment included); table, Markdown and CSV
-show the medians with their quartiles.
+Table rows and Markdown read one column list (`columns`), CSV one field list (`csv_fields`), each made of
+the columns both benchmarks share (threads, mode, load; memory, size, budgets) around those of the row's kind
+(decoder: TTFT and decode speed; encoder: sentences/s and latency per batch size), so a new measurement is
+one new column. JSON is the whole record (raw per-round numbers and the environment included); table,
+Markdown and CSV show the medians with their quartiles.
 """
 
 from __future__ import annotations
@@ -11,38 +13,64 @@ import csv
 import io
 import json
 from collections.abc import Callable
+from typing import Any
 
-from edgekit.runtime.bench import BenchReport, BenchResult
+from edgekit.runtime.bench import BenchReport
+from edgekit.runtime.bench_common import PERCENTILES, BenchResult
+from edgekit.runtime.bench_encoder import EncoderBenchReport
 
 FORMATS = ("table", "json", "md", "csv")
 
-Column = tuple[str, Callable[[BenchReport], str]]
+Row = Any  # BenchReport | EncoderBenchReport
+Column = tuple[str, Callable[[Row], str]]
+Field = tuple[str, Callable[[Row], object]]
 
 
 def _iqr(s: dict[str, float], fmt: str) -> str:
     return f"{s['median']:{fmt}} [{s['q1']:{fmt}}-{s['q3']:{fmt}}]"
 
 
+def _is_encoder(result: BenchResult) -> bool:
+    return isinstance(result.rows[0], EncoderBenchReport)
+
+
+def _percentile_text(latency: dict[str, float], sep: str = "/") -> str:
+    return sep.join(f"{latency[p]:.2f}" for p in PERCENTILES)
+
+
 def columns(result: BenchResult) -> list[Column]:
-    """(header, cell) per column: medians with [q1-q3] over rounds; TTFT per prompt length in ms."""
-    lengths = list(result.rows[0].ttft_ms)
+    """(header, cell) per column: medians with [q1-q3] over rounds; TTFT per prompt length in ms, or sentences/s
+    and latency per batch size."""
     cols: list[Column] = [
         ("threads", lambda r: str(r.threads or "default")),
         ("mode", lambda r: r.mode),
         ("load s", lambda r: f"{r.load_s:.2f}"),
     ]
-    cols += [(f"TTFT@{n} ms", lambda r, n=n: _iqr(r.ttft_spread_ms[n], ".1f")) for n in lengths]
+    cols += _encoder_columns(result) if _is_encoder(result) else _decoder_columns(result)
     cols += [
-        ("decode tokens/s", lambda r: _iqr(r.decode_tokens_per_s_spread, ".1f")),
-        ("token ms p50/p90/p99", lambda r: "/".join(f"{r.token_latency_ms[p]:.2f}" for p in ("p50", "p90", "p99"))),
         ("peak RSS MB", lambda r: f"{r.peak_rss_mb:.0f}"),
         ("size MB", lambda r: f"{r.size_on_disk_mb:.1f}"),
         ("budgets", lambda r: "met" if not r.budget_failures else "MISSED"),
     ]
-    if any(r.speculative for r in result.rows):
+    if any(getattr(r, "speculative", None) for r in result.rows):
         cols.append(("speculative tokens/s", lambda r: f"{r.speculative['decode_tokens_per_s']:.1f} "
                      f"({r.speculative['speedup']:.2f}x)" if r.speculative else "-"))
     return cols
+
+
+def _decoder_columns(result: BenchResult) -> list[Column]:
+    cols: list[Column] = [(f"TTFT@{n} ms", lambda r, n=n: _iqr(r.ttft_spread_ms[n], ".1f"))
+                          for n in result.rows[0].ttft_ms]
+    return cols + [("decode tokens/s", lambda r: _iqr(r.decode_tokens_per_s_spread, ".1f")),
+                   ("token ms p50/p90/p99", lambda r: _percentile_text(r.token_latency_ms))]
+
+
+def _encoder_columns(result: BenchResult) -> list[Column]:
+    sizes = list(result.rows[0].sentences_per_s)
+    cols: list[Column] = [(f"sentences/s@{b}", lambda r, b=b: _iqr(r.sentences_per_s_spread[b], ".1f"))
+                          for b in sizes]
+    return cols + [(f"batch ms p50/p90/p99@{b}", lambda r, b=b: _percentile_text(r.batch_latency_ms[b]))
+                   for b in sizes]
 
 
 def environment_lines(result: BenchResult) -> list[tuple[str, str]]:
@@ -92,17 +120,27 @@ def table(result: BenchResult) -> str:
                                                        columns(result)]), "", _budget_line(result)])
     r = result.rows[0]
     lines += [("device", f"{r.device} ({r.mode}, {r.threads or 'default'} threads)"), ("load", f"{r.load_s:.2f} s")]
-    lines += [(f"TTFT, {n}-token prompt", _spread_text(r.ttft_spread_ms[n], "ms", r.rounds)) for n in r.ttft_ms]
-    lines += [
-        (f"decode, {r.new_tokens} new tokens", _spread_text(r.decode_tokens_per_s_spread, "tokens/s", r.rounds)),
-        ("token latency p50/p90/p99", " / ".join(f"{r.token_latency_ms[p]:.2f}" for p in ("p50", "p90", "p99"))
-         + " ms"),
-        ("peak RSS", f"{r.peak_rss_mb:.0f} MB"),
-        ("size on disk", f"{r.size_on_disk_mb:.1f} MB"),
-    ]
-    if r.speculative:
+    lines += _encoder_lines(r) if _is_encoder(result) else _decoder_lines(r)
+    lines += [("peak RSS", f"{r.peak_rss_mb:.0f} MB"), ("size on disk", f"{r.size_on_disk_mb:.1f} MB")]
+    if getattr(r, "speculative", None):
         lines.append(_speculative_line(r))
     return _aligned(lines) + "\n" + _budget_line(result, width=max(len(k) for k, _ in lines))
+
+
+def _decoder_lines(r: BenchReport) -> list[tuple[str, str]]:
+    lines = [(f"TTFT, {n}-token prompt", _spread_text(r.ttft_spread_ms[n], "ms", r.rounds)) for n in r.ttft_ms]
+    return lines + [
+        (f"decode, {r.new_tokens} new tokens", _spread_text(r.decode_tokens_per_s_spread, "tokens/s", r.rounds)),
+        ("token latency p50/p90/p99", _percentile_text(r.token_latency_ms, " / ") + " ms"),
+    ]
+
+
+def _encoder_lines(r: EncoderBenchReport) -> list[tuple[str, str]]:
+    lines = [("embedding", f"{r.dimension} dimensions, {r.max_seq_length} tokens at most, {r.sentences} sentences")]
+    for b in r.sentences_per_s:
+        lines += [(f"batch {b}", _spread_text(r.sentences_per_s_spread[b], "sentences/s", r.rounds)),
+                  (f"batch {b} latency p50/p90/p99", _percentile_text(r.batch_latency_ms[b], " / ") + " ms")]
+    return lines
 
 
 def _budget_line(result: BenchResult, width: int = 0) -> str:
@@ -130,28 +168,43 @@ def markdown(result: BenchResult) -> str:
     return "\n".join(out)
 
 
+def _spread_fields(name: str, get: Callable[[Row], dict[str, float]]) -> list[Field]:
+    """`name`, `name_q1`, `name_q3`: a spread's median and quartiles."""
+    return [(name + suffix, lambda r, k=k: get(r)[k]) for suffix, k in (("", "median"), ("_q1", "q1"), ("_q3", "q3"))]
+
+
+def csv_fields(result: BenchResult) -> list[Field]:
+    """(header, value) per CSV field of a row, numbers unformatted."""
+    fields: list[Field] = [("threads", lambda r: r.threads), ("mode", lambda r: r.mode), ("load_s", lambda r: r.load_s)]
+    first = result.rows[0]
+    if _is_encoder(result):
+        for b in first.sentences_per_s:
+            fields += _spread_fields(f"sentences_per_s_{b}", lambda r, b=b: r.sentences_per_s_spread[b])
+            fields += [(f"batch_ms_{b}_{p}", lambda r, b=b, p=p: r.batch_latency_ms[b][p]) for p in PERCENTILES]
+    else:
+        for n in first.ttft_ms:
+            fields += _spread_fields(f"ttft_ms_{n}", lambda r, n=n: r.ttft_spread_ms[n])
+        fields += _spread_fields("decode_tokens_per_s", lambda r: r.decode_tokens_per_s_spread)
+        fields += [(f"token_ms_{p}", lambda r, p=p: r.token_latency_ms[p]) for p in PERCENTILES]
+    fields += [("peak_rss_mb", lambda r: r.peak_rss_mb), ("size_on_disk_mb", lambda r: r.size_on_disk_mb),
+               ("rounds", lambda r: r.rounds)]
+    if not _is_encoder(result):
+        fields.append(("new_tokens", lambda r: r.new_tokens))
+    return [*fields, ("passed", lambda r: not r.budget_failures)]
+
+
 def csv_text(result: BenchResult) -> str:
-    """A header and a line per thread count, numbers unformatted (TTFT median, q1, q3 per prompt length), with
-    the package and machine on every line so that files from several runs concatenate."""
+    """A header and a line per thread count (csv_fields), with the package and machine on every line so that
+    files from several runs concatenate."""
     env = result.environment
-    lengths = list(result.rows[0].ttft_ms)
-    header = ["package", "manifest_sha256", "cpu", "logical_cores", "onnxruntime_version", "execution_provider",
-              "threads", "mode", "load_s"]
-    header += [f"ttft_ms_{n}{suffix}" for n in lengths for suffix in ("", "_q1", "_q3")]
-    header += ["decode_tokens_per_s", "decode_tokens_per_s_q1", "decode_tokens_per_s_q3", "token_ms_p50",
-               "token_ms_p90", "token_ms_p99", "peak_rss_mb", "size_on_disk_mb", "rounds", "new_tokens", "passed"]
+    machine = {"package": env["package"]["path"], "manifest_sha256": env["package"]["manifest_sha256"],
+               **{k: env[k] for k in ("cpu", "logical_cores", "onnxruntime_version", "execution_provider")}}
+    fields = csv_fields(result)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
+    writer.writerow([*machine, *(name for name, _ in fields)])
     for r in result.rows:
-        row: list[object] = [env["package"]["path"], env["package"]["manifest_sha256"], env["cpu"],
-                             env["logical_cores"], env["onnxruntime_version"], env["execution_provider"], r.threads,
-                             r.mode, r.load_s]
-        row += [r.ttft_spread_ms[n][k] for n in lengths for k in ("median", "q1", "q3")]
-        d = r.decode_tokens_per_s_spread
-        row += [d["median"], d["q1"], d["q3"], *(r.token_latency_ms[p] for p in ("p50", "p90", "p99")),
-                r.peak_rss_mb, r.size_on_disk_mb, r.rounds, r.new_tokens, not r.budget_failures]
-        writer.writerow(row)
+        writer.writerow([*machine.values(), *(value(r) for _, value in fields)])
     return buf.getvalue().rstrip("\n")
 
 

@@ -22,7 +22,7 @@ from edgekit.runtime.decoder import Decoder, SequenceCaches, SessionSettings, St
 from edgekit.runtime.decoding import MAX_DRAFT, DecodeStats, decode
 from edgekit.runtime.draft_policy import CostAwareLength, PassCosts
 from edgekit.runtime.drafters import Drafter, ModelDrafter, NgramDrafter
-from edgekit.runtime.loader import graph_path, load_manifest, portable_graph_path
+from edgekit.runtime.loader import graph_path, load_manifest, portable_graph_path, require_kind
 from edgekit.runtime.providers import select_provider
 from edgekit.runtime.sampling import SamplingParams, check_int
 from edgekit.runtime.text import StreamDecoder, TextCodec
@@ -197,6 +197,7 @@ class Model:
     def _open(self, folder: Path, verify: bool, max_length: int | None, threads: int, spinning: bool,
               float_passes: bool = False) -> tuple[Manifest, ort.InferenceSession, ort.InferenceSession | None, int]:
         manifest = load_manifest(folder, verify=verify)
+        require_kind(folder, manifest, False, "load it with edgekit.runtime.load(), which gives an Encoder (embed)")
         if float_passes and manifest.data["graph"]["contract"] != CONTRACT:
             raise EdgekitError("float_passes needs a decoder built by edgekit's native builder (its cache buffers "
                                "are shared by two sessions)", folder)
@@ -426,9 +427,3 @@ def _is_batch(prompt: object) -> bool:
 def _describe(value: object) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
-
-
-def load(path: str | Path, **kwargs: object) -> Model:
-    """Load a package folder. Keyword arguments: device, fast, max_length, threads, spinning, verify, draft,
-    float_passes, idle_caches (see Model)."""
-    return Model(path, **kwargs)  # type: ignore[arg-type]

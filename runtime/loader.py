@@ -11,7 +11,7 @@ from pathlib import Path
 
 from edgekit.errors import EdgekitError
 from edgekit.ops.names import OP_NAMES
-from edgekit.package import Manifest, package_file, read_manifest, verify_files
+from edgekit.package import EMBEDDING_CONTRACT, Manifest, package_file, read_manifest, verify_files
 from edgekit.targets import target_for_provider
 
 
@@ -24,6 +24,23 @@ def load_manifest(folder: str | Path, verify: bool = True) -> Manifest:
     if unknown:
         raise EdgekitError(f"unknown edgekit op(s) {unknown}: this package needs a newer edgekit", folder)
     return manifest
+
+
+def is_encoder(manifest: Manifest) -> bool:
+    """A sentence-embedding encoder (runtime.encoder.Encoder), else a text decoder (runtime.generator.Model)."""
+    return manifest.data["graph"]["contract"] == EMBEDDING_CONTRACT
+
+
+def describe_kind(manifest: Manifest) -> str:
+    """What a package is, for errors: `a sentence-embedding encoder (bert)`, `a text decoder (llama)`."""
+    kind = "a sentence-embedding encoder" if is_encoder(manifest) else "a text decoder"
+    return f"{kind} ({manifest.data['model'].get('architecture', 'unknown architecture')})"
+
+
+def require_kind(folder: str | Path, manifest: Manifest, encoder: bool, instead: str) -> None:
+    """Refuse a package of the other kind in one line: what it is, then `instead` (what to use for it)."""
+    if is_encoder(manifest) != encoder:
+        raise EdgekitError(f"this package is {describe_kind(manifest)}: {instead}", folder)
 
 
 def graph_path(folder: str | Path, manifest: Manifest, provider: str, fast: bool = False) -> Path:

@@ -21,17 +21,21 @@ import jinja2.parser
 import jinja2.sandbox
 from tokenizers import Tokenizer
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, first_line
+
+
+def read_tokenizer(path: Path) -> Tokenizer:
+    """A package's tokenizer.json, or one line saying why it cannot be read."""
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # the tokenizers library raises a bare Exception on malformed files
+        raise EdgekitError(f"corrupt package: cannot read the tokenizer ({first_line(exc)[:200]})", path) from exc
 
 
 class TextCodec:
     def __init__(self, path: Path, info: dict[str, Any]):
         self.path = Path(path)
-        try:
-            self.tokenizer = Tokenizer.from_file(str(path))
-        except Exception as exc:  # the tokenizers library raises a bare Exception on malformed files
-            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise EdgekitError(f"corrupt package: cannot read the tokenizer ({reason})", path) from exc
+        self.tokenizer = read_tokenizer(self.path)
         self.info = info
         self._chat_template: ChatTemplate | None = None
 

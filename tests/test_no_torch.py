@@ -1,5 +1,5 @@
-"""The runtime imports and generates with torch, transformers, optimum, gguf and onnx made unimportable: a device
-needs numpy, onnxruntime and tokenizers only (graphs are lowered at export)."""
+"""The runtime imports, generates and embeds with torch, transformers, optimum, gguf and onnx made unimportable: a
+device needs numpy, onnxruntime and tokenizers only (graphs are lowered at export)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,28 @@ def test_runtime_generates_without_torch(tiny_gguf_pkg: Path) -> None:
     assert "generated" in result.stdout
 
 
+EMBED = SCRIPT.split("from edgekit")[0] + textwrap.dedent("""
+    from edgekit.runtime import Encoder, load
+    from edgekit.runtime.bench_encoder import run_encoder_sweep
+    from edgekit.runtime.bench_formats import FORMATS, render
+
+    encoder = load(sys.argv[1])
+    assert isinstance(encoder, Encoder)
+    vectors = encoder.embed(["Hello", "A longer sentence to embed."], batch_size=1)
+    assert vectors.shape == (2, encoder.dimension), vectors.shape
+    assert all(render(run_encoder_sweep(sys.argv[1], (1,), rounds=1), fmt) for fmt in FORMATS)
+    assert not any(m.split(".")[0] in ("torch", "transformers", "optimum", "onnx") for m in sys.modules)
+    print("embedded", vectors.shape)
+""")
+
+
+def test_runtime_embeds_and_benches_without_torch(tiny_encoder_pkg: Path) -> None:
+    result = subprocess.run([sys.executable, "-c", EMBED, str(tiny_encoder_pkg)], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert "embedded (2, 32)" in result.stdout
+
+
 def test_blocking_really_blocks() -> None:
     """The test above would prove nothing if the block did not work."""
     for module in ("torch", "onnx"):
@@ -50,6 +72,6 @@ def test_workstation_command_on_a_device_install_names_the_extra(tiny_gguf_file:
                             capture_output=True, text=True, check=False)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
-        "edgekit: error: `edgekit export` needs the workstation packages (onnx is not installed): "
-        "pip install 'edgekit[export]'"]
+        ("edgekit: error: `edgekit export` needs the workstation packages (onnx is not installed): "
+        "pip install 'edgekit[export]'")]
     assert list(tmp_path.iterdir()) == []
