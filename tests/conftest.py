@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from factories import tiny_gguf, tiny_hf_model, tiny_sentence_encoder
+from factories import tiny_gguf, tiny_hf_model, tiny_optimum_decoder, tiny_sentence_encoder
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +70,14 @@ def tiny_encoder_int8_pkg(tmp_path_factory: pytest.TempPathFactory, tiny_encoder
     out = tmp_path_factory.mktemp("pkgs") / "tiny_encoder_int8_pkg"
     export(str(tiny_encoder_src), out, quant=quant_config_from_options("int8", group_size=16))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT-2 (no native builder) exported through optimum at int4."""
+    from edgekit.exporters.pipeline import export
+    from edgekit.exporters.quantize.spec import quant_config_from_options
+
+    root = tmp_path_factory.mktemp("tiny_gpt2")
+    export(str(tiny_optimum_decoder(root / "src", "gpt2")), root / "pkg", quant=quant_config_from_options("int4", 32))
+    return root / "pkg"

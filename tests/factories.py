@@ -343,3 +343,33 @@ def tiny_sentence_encoder(folder: Path, seed: int = 0) -> Path:
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": ENCODER_MAX_SEQ_LENGTH,
                                                                   "do_lower_case": False}))
     return folder
+
+
+# Decoders with no native builder, exported through optimum (tests/test_optimum_decoder.py).
+OPTIMUM_CONFIGS = {
+    "gpt2": {"class": "GPT2Config", "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256},
+    "phi3": {"class": "Phi3Config", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256, "pad_token_id": 0,
+             "tie_word_embeddings": False},
+}
+
+
+def tiny_optimum_decoder(folder: Path, arch: str = "gpt2") -> Path:
+    """A random 2-layer GPT-2 or Phi-3 saved as a Hugging Face folder, weights large enough for logits that
+    discriminate (as tiny_torch_model's)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    kwargs = dict(OPTIMUM_CONFIGS[arch])
+    config = getattr(transformers, kwargs.pop("class"))(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, **kwargs)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim > 1:
+                p.normal_(0, 0.08)
+            elif "norm" in name or ".ln" in name:
+                p.uniform_(0.8, 1.2)
+    model.save_pretrained(folder)
+    tokenizer_files(folder)
+    return folder

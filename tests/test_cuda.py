@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from edgekit.runtime import GenerationConfig, load
 
 pytestmark = pytest.mark.cuda

@@ -36,7 +36,9 @@ def test_the_examples_were_found() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
-def test_example_runs(name: str, tiny_gguf_pkg: Path, capsys: pytest.CaptureFixture) -> None:
-    code = LOAD_PATH.sub(lambda m: f"load({str(tiny_gguf_pkg)!r}", EXAMPLES[name])
+def test_example_runs(name: str, tiny_gguf_pkg: Path, tiny_encoder_pkg: Path, capsys: pytest.CaptureFixture) -> None:
+    """Examples that embed run on the tiny encoder package, the others on the tiny decoder package."""
+    pkg = tiny_encoder_pkg if ".embed(" in EXAMPLES[name] else tiny_gguf_pkg
+    code = LOAD_PATH.sub(lambda m: f"load({str(pkg)!r}", EXAMPLES[name])
     exec(compile(code, name, "exec"), {"__name__": "__example__"})  # noqa: S102 - our own documentation
     capsys.readouterr()

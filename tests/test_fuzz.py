@@ -254,6 +254,26 @@ def test_package_manifest_checked_whole(pkg: Path, change: object, expected: str
     _expect_clean(lambda: fuzzing.generate_two(pkg), "corrupt package", expected)
 
 
+@pytest.mark.parametrize(("change", "expected"), [
+    (_section("graph.contract", "causal-lm-v9"), "unknown graph contract 'causal-lm-v9'"),
+    (_section("graph.contract", None), "unknown graph contract None"),
+    (_section("encoder", None), "section 'encoder'"),
+    (_section("encoder.pooling", "weightedmean"), "encoder.pooling"),
+    (_section("encoder.normalize", "yes"), "encoder.normalize"),
+    (_section("encoder.max_seq_length", 0), "encoder.max_seq_length"),
+    (_section("encoder.dimension", 1.5), "encoder.dimension"),
+    (_section("graph.outputs", ["last_hidden_state"]), "graph.outputs"),
+    (_section("graph.inputs", ["input_ids", "pixel_values"]), "pixel_values"),
+])
+def test_encoder_manifest_checked_whole(tiny_encoder_pkg: Path, tmp_path: Path, change: object, expected: str) -> None:
+    """An encoder package's own sections are checked before anything runs, as a decoder's are."""
+    from edgekit.runtime import load
+
+    pkg = Path(shutil.copytree(tiny_encoder_pkg, tmp_path / "enc"))
+    _manifest(pkg, change)
+    _expect_clean(lambda: load(pkg, threads=1).embed(["hi there"]), expected)
+
+
 @pytest.mark.parametrize(("name", "damage", "expected"), [
     ("tokenizer.json", lambda raw: raw[: len(raw) // 2], "cannot read the tokenizer"),
     ("tokenizer.json", lambda raw: b"[]", "cannot read the tokenizer"),

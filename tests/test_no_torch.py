@@ -28,10 +28,12 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_runtime_generates_without_torch(tiny_gguf_pkg: Path) -> None:
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_gguf_pkg)], capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr
-    assert "generated" in result.stdout
+def test_runtime_generates_without_torch(tiny_gguf_pkg: Path, tiny_gpt2_pkg: Path) -> None:
+    """A native package and one built through optimum (its concatenated KV cache)."""
+    for pkg in (tiny_gguf_pkg, tiny_gpt2_pkg):
+        result = subprocess.run([sys.executable, "-c", SCRIPT, str(pkg)], capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        assert "generated" in result.stdout
 
 
 EMBED = SCRIPT.split("from edgekit")[0] + textwrap.dedent("""

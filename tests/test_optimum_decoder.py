@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import transformers
 from click.testing import CliRunner
 from edgekit.exporters.graph_weights import EMBED, weight_sites
 from edgekit.exporters.optimum_export import DECODER_TASK, optimum_graph
@@ -17,38 +16,19 @@ from edgekit.exporters.quantize.rtn import quantize_rtn
 from edgekit.exporters.quantize.spec import quant_config_from_options
 from edgekit.exporters.reference import TorchReference
 from edgekit.runtime import GenerationConfig, load
-from factories import VOCAB, tokenizer_files
+from factories import OPTIMUM_CONFIGS, VOCAB, tiny_optimum_decoder, tokenizer_files
 
 from edgekit.cli import main
 from edgekit.formats import BlockQuantWeight, weight_format
 
-CONFIGS = {
-    "gpt2": lambda: transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=256,
-                                            bos_token_id=1, eos_token_id=2),
-    "phi3": lambda: transformers.Phi3Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
-                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                            max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
-                                            pad_token_id=0, tie_word_embeddings=False),
-}
 PROMPTS = ("The capital of France is", "def add(a, b):\n    return")
 GREEDY = GenerationConfig(max_new_tokens=32, stop_token_ids=())
-
-
-def _tiny(folder: Path, arch: str) -> Path:
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(CONFIGS[arch]()).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():  # weights that make logits discriminate (see factories)
-            p.normal_(0, 0.08) if p.ndim > 1 else p.uniform_(0.8, 1.2) if "norm" in name or "ln" in name else None
-    model.save_pretrained(folder)
-    tokenizer_files(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("optimum")
-    return {arch: _tiny(root / arch, arch) for arch in CONFIGS}
+    return {arch: tiny_optimum_decoder(root / arch, arch) for arch in OPTIMUM_CONFIGS}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +43,7 @@ def packages(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path]) 
     return out
 
 
-@pytest.mark.parametrize("arch", list(CONFIGS))
+@pytest.mark.parametrize("arch", list(OPTIMUM_CONFIGS))
 def test_float_export_generates_what_pytorch_generates(arch: str, models: dict[str, Path],
                                                       packages: dict[str, Path]) -> None:
     manifest = json.loads((packages[arch] / "manifest.json").read_text())

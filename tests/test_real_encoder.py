@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from edgekit.runtime import Encoder, load
 from factories import MINILM
 
 from edgekit.cli import main
-from edgekit.runtime import Encoder, load
 
 pytestmark = pytest.mark.slow
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from edgekit.errors import EdgekitError
 from edgekit.runtime import GenerationConfig, load
 from edgekit.runtime.sampling import SamplingParams, token_distribution
 from edgekit.runtime.text import StreamDecoder
+
+from edgekit.errors import EdgekitError
 
 IDS = [504, 3575, 282, 4649, 314, 216, 33, 34, 35, 8923]
 

@@ -19,8 +19,7 @@ from edgekit.runtime.sampling import SamplingParams, token_distribution
 from edgekit.cli import main
 from edgekit.errors import EdgekitError
 
-WORDS = ("the cat sat on the mat and the dog ran to the park while birds sang songs of spring "
-         "def add(a, b): return a + b  # add two numbers then print the result 1 2 3 4 5").split()
+WORDS = ["the", "cat", "sat", "on", "the", "mat", "and", "the", "dog", "ran", "to", "the", "park", "while", "birds", "sang", "songs", "of", "spring", "def", "add(a,", "b):", "return", "a", "+", "b", "#", "add", "two", "numbers", "then", "print", "the", "result", "1", "2", "3", "4", "5"]
 
 
 def varied_prompts(n: int) -> list[str]:
