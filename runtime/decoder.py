@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 import numpy as np
 import onnxruntime as ort
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, first_line
 
 State = TypeVar("State")
 
@@ -44,8 +44,7 @@ def make_session(graph: Path, settings: SessionSettings) -> ort.InferenceSession
     try:
         return ort.InferenceSession(str(graph), so, providers=[settings.provider])
     except Exception as exc:  # onnxruntime raises its own exception types, with multi-line messages
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgekitError(f"corrupt package: onnxruntime cannot load this graph ({first})", graph) from exc
+        raise EdgekitError(f"corrupt package: onnxruntime cannot load this graph ({first_line(exc)})", graph) from exc
 
 
 @contextmanager
@@ -54,8 +53,7 @@ def graph_failures(total: int) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgekitError(f"corrupt package: the graph failed at {total} tokens ({first})") from exc
+        raise EdgekitError(f"corrupt package: the graph failed at {total} tokens ({first_line(exc)})") from exc
 
 
 def check_room(total: int, max_length: int) -> None:
@@ -73,7 +71,20 @@ def cache_shapes(session: ort.InferenceSession) -> list[tuple[int, int]]:
     return out
 
 
-class Decoder:
+class CacheLength:
+    """A KV cache's valid length: rolling back (speculative decoding) only shortens it, and the next step
+    overwrites or drops what lay past it."""
+
+    length: int
+
+    def rollback(self, length: int) -> None:
+        """Forget cached tokens past `length`."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot roll back to {length}: cache holds {self.length}")
+        self.length = length
+
+
+class Decoder(CacheLength):
     """forward(ids) appends tokens to the cache and returns logits; `length` is the cache's valid length.
 
     `wide_session`, if given, runs the passes of more than one token (prompt prefill, speculative verify)
@@ -120,12 +131,6 @@ class Decoder:
             session.run_with_iobinding(b)
         self.length = total
         return b.get_outputs()[0].numpy()[0]
-
-    def rollback(self, length: int) -> None:
-        """Forget cached tokens past `length` (their slots are overwritten by later steps)."""
-        if not 0 <= length <= self.length:
-            raise ValueError(f"cannot roll back to {length}: cache holds {self.length}")
-        self.length = length
 
     def reset(self) -> None:
         self.length = 0
