@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
+from edgekit.runtime.loader import graph_path, load_manifest
 from edgekit.runtime.providers import (
     PLUGINS,
+    PROVIDER_NAMES,
     create_session,
     is_available,
     missing_provider,
@@ -106,6 +108,18 @@ def coverage(graph: str | Path, provider: str) -> Coverage:
     if plugin is not None and plugin.reports_coverage:
         return _from_validation(provider, log)
     return _from_placements(provider, log)
+
+
+def package_coverage(folder: str | Path, device: str) -> tuple[Path, Coverage]:
+    """The coverage on `device` (cpu, cuda, qnn, openvino) of the package's graph for it: the graph lowered for
+    its provider when the package has one, else the portable graph. Returns the graph file and its coverage."""
+    if device not in PROVIDER_NAMES:
+        raise EdgekitError(f"unknown execution provider {device!r} (choose from {', '.join(PROVIDER_NAMES)})")
+    provider = PROVIDER_NAMES[device]
+    if not is_available(provider):
+        raise EdgekitError(f"cannot measure coverage: {missing_provider(provider)}")
+    graph = graph_path(folder, load_manifest(folder, verify=False), provider)
+    return graph, coverage(graph, provider)
 
 
 def session_log(graph: Path, provider: str) -> str:
