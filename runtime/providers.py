@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import platform
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -45,6 +46,7 @@ class Plugin:
     options: Callable[[ModuleType], dict[str, str]] = lambda module: {}
     device: Callable[[Any], bool] = lambda device: True
     reports_coverage: bool = False  # say at load how many nodes run on it (edgekit.runtime.coverage)
+    simulated: Callable[[], bool] = lambda: False  # a simulator here: `auto` passes it over
 
 
 PLUGINS: dict[str, Plugin] = {
@@ -53,7 +55,7 @@ PLUGINS: dict[str, Plugin] = {
         # The graph's input quantization and output dequantization run on the NPU too (onnxruntime's default
         # hands them to the CPU), so a QDQ graph can run there whole, with CPU fallback disabled.
         lambda module: {"backend_path": module.get_qnn_htp_path(), "offload_graph_io_quantization": "0"},
-        reports_coverage=True),
+        reports_coverage=True, simulated=lambda: platform.machine().lower() in ("x86_64", "amd64")),
     "OpenVINOExecutionProvider": Plugin(
         "onnxruntime_ep_openvino", "onnxruntime-ep-openvino", "OpenVINO (CPU)", "OpenVINO",
         lambda module: module.get_ep_name(),
@@ -93,11 +95,13 @@ def is_available(provider: str) -> bool:
 
 
 def select_provider(requested: str = "cpu") -> str:
-    """The provider to use for `requested` (cpu, cuda, qnn, openvino, auto): the full EP name."""
+    """The provider to use for `requested` (cpu, cuda, qnn, openvino, auto): the full EP name. `auto` takes
+    the first of CUDA, QNN, OpenVINO that is here, but not QNN's HTP simulator (x86)."""
     if requested == "auto":
         for key in ("cuda", "qnn", "openvino"):
-            if is_available(PROVIDER_NAMES[key]):
-                return PROVIDER_NAMES[key]
+            name = PROVIDER_NAMES[key]
+            if not (name in PLUGINS and PLUGINS[name].simulated()) and is_available(name):
+                return name
         return PROVIDER_NAMES["cpu"]
     if requested not in PROVIDER_NAMES:
         raise EdgekitError(f"unknown device {requested!r} (choose from {', '.join([*PROVIDER_NAMES, 'auto'])})")
@@ -152,7 +156,10 @@ def session_name(provider: str) -> str:
     return plugin_devices(provider)[0].ep_name if provider in PLUGINS else provider
 
 
+BUILT_IN_WHERE = {"CPUExecutionProvider": "the CPU", "CUDAExecutionProvider": "the GPU"}
+
+
 def provider_label(provider: str) -> tuple[str, str]:
-    """How messages name `provider` and where it runs a graph: (`QNN (HTP)`, `the NPU`), or its EP name twice."""
+    """How messages name `provider` and where it runs a graph: (`QNN (HTP)`, `the NPU`)."""
     plugin = PLUGINS.get(provider)
-    return (plugin.label, plugin.where) if plugin else (provider, provider)
+    return (plugin.label, plugin.where) if plugin else (provider, BUILT_IN_WHERE.get(provider, provider))

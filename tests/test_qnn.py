@@ -109,7 +109,7 @@ def test_run_on_qnn_falls_back_node_by_node(tiny_gguf_pkg: Path) -> None:
 def test_inspect_ep_cpu_is_full(tiny_gguf_pkg: Path) -> None:
     result = CliRunner().invoke(main, ["inspect", str(tiny_gguf_pkg), "--ep", "cpu", "--require-full"])
     assert result.exit_code == 0, result.output
-    assert "graph: model.cpu.onnx" in result.stdout and "nodes on CPUExecutionProvider" in result.stdout
+    assert "graph: model.cpu.onnx" in result.stdout and "nodes on the CPU" in result.stdout
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is installed")
@@ -128,3 +128,9 @@ def test_missing_plugin_falls_back_to_the_cpu(monkeypatch: pytest.MonkeyPatch,
     err = capsys.readouterr().err
     assert err == ("edgekit: QNNExecutionProvider needs the onnxruntime-qnn plugin (pip install onnxruntime-qnn), "
                    "which is not installed or finds no device; falling back to CPUExecutionProvider\n")
+
+
+@needs_qnn
+@pytest.mark.skipif(not providers.PLUGINS[QNN].simulated(), reason="a real HTP: auto may take it")
+def test_auto_passes_over_the_htp_simulator() -> None:
+    assert select_provider("qnn") == QNN and select_provider("auto") != QNN
