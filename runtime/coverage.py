@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ class Node:
     name: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class Coverage:
     """Nodes of a graph on `provider` and on the CPU fallback. by_op: op type -> [on provider, fallback], for the
     nodes onnxruntime names (see the module docstring); fallback: the nodes that fall back, where named."""
@@ -116,16 +116,15 @@ def package_coverage(folder: str | Path, device: str) -> tuple[Path, Coverage]:
     if device not in PROVIDER_NAMES:
         raise EdgekitError(f"unknown execution provider {device!r} (choose from {', '.join(PROVIDER_NAMES)})")
     provider = PROVIDER_NAMES[device]
-    if not is_available(provider):
-        raise EdgekitError(f"cannot measure coverage: {missing_provider(provider)}")
+    _require(provider)  # before graph_path, which may say on stderr that the portable graph stands in
     graph = graph_path(folder, load_manifest(folder, verify=False), provider)
     return graph, coverage(graph, provider)
 
 
 def session_log(graph: Path, provider: str) -> str:
-    """onnxruntime's verbose log while it creates a session over `graph` on `provider`."""
-    if not is_available(provider):
-        raise EdgekitError(f"cannot measure coverage: {missing_provider(provider)}")
+    """onnxruntime's verbose log while it creates a session over `graph` on `provider`. Whatever other threads
+    write to stderr meanwhile lands in it too."""
+    _require(provider)
     options = ort.SessionOptions()
     options.log_severity_level = 0
     options.log_verbosity_level = 1
@@ -143,6 +142,11 @@ def session_log(graph: Path, provider: str) -> str:
             os.close(saved)
         log.seek(0)
         return log.read().decode("utf-8", errors="replace")
+
+
+def _require(provider: str) -> None:
+    if not is_available(provider):
+        raise EdgekitError(f"cannot measure coverage: {missing_provider(provider)}")
 
 
 def _from_validation(provider: str, log: str) -> Coverage:
@@ -172,9 +176,8 @@ def _from_placements(provider: str, log: str) -> Coverage:
             current = placed.group(1)
         elif node := _PLACED_NODE.search(line):
             (on if current == name else off).append(Node(*node.groups()))
-    coverage = _tally(provider, on, off)
-    coverage.total, coverage.on_provider = sum(counts.values()), counts.get(name, 0)
-    return coverage
+    # the counts hold every node, the lists only those onnxruntime names
+    return replace(_tally(provider, on, off), total=sum(counts.values()), on_provider=counts.get(name, 0))
 
 
 def _placement_counts(log: str) -> dict[str, int]:

@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail
 
 from edgekit.errors import EdgekitError
 
@@ -79,11 +80,11 @@ def plugin_devices(provider: str) -> list[Any]:
 def _register(plugin: Plugin) -> list[Any]:
     try:
         module = importlib.import_module(plugin.module)
-    except ImportError:
+        name = plugin.ep_name(module)
+        if not any(d.ep_name == name for d in ort.get_ep_devices()):  # else the app registered it already
+            ort.register_execution_provider_library(name, module.get_library_path())
+    except (ImportError, Fail):  # not installed, or built for another onnxruntime or glibc: said in one line
         return []
-    name = plugin.ep_name(module)
-    if not any(d.ep_name == name for d in ort.get_ep_devices()):  # registered already, by another library
-        ort.register_execution_provider_library(name, module.get_library_path())
     return [d for d in ort.get_ep_devices() if d.ep_name == name and plugin.device(d)]
 
 
@@ -116,8 +117,8 @@ def missing_provider(provider: str) -> str:
     """Why `provider` cannot run here, in a few words (what to install)."""
     if provider in PLUGINS:
         plugin = PLUGINS[provider]
-        return (f"{provider} needs the {plugin.extra} plugin (pip install {plugin.extra}), which is not installed "
-                "or finds no device")
+        return (f"{provider} needs the {plugin.extra} plugin (pip install {plugin.extra}): not installed, not "
+                "loadable here, or it finds no device")
     return (f"{provider} is not available in this onnxruntime build "
             f"(available: {', '.join(ort.get_available_providers())})")
 

@@ -126,8 +126,8 @@ def test_missing_plugin_falls_back_to_the_cpu(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(providers, "_registered", {})
     assert select_provider("qnn") == "CPUExecutionProvider"
     err = capsys.readouterr().err
-    assert err == ("edgekit: QNNExecutionProvider needs the onnxruntime-qnn plugin (pip install onnxruntime-qnn), "
-                   "which is not installed or finds no device; falling back to CPUExecutionProvider\n")
+    assert err == ("edgekit: QNNExecutionProvider needs the onnxruntime-qnn plugin (pip install onnxruntime-qnn): "
+                   "not installed, not loadable here, or it finds no device; falling back to CPUExecutionProvider\n")
 
 
 @needs_qnn
