@@ -197,7 +197,8 @@ def _tally(provider: str, on: list[Node], off: list[Node]) -> Coverage:
 
 
 def report_coverage(graph: str | Path, provider: str) -> None:
-    """After loading a graph on an NPU provider, say on stderr how much of it runs there."""
+    """After loading a graph on an NPU provider, say on stderr how much of it runs there. It costs a second
+    session over the graph: the loaded one must stay quiet, and onnxruntime's log level is fixed per session."""
     plugin = PLUGINS.get(provider)
     if plugin is not None and plugin.reports_coverage:
         print(f"edgekit: {coverage(graph, provider).summary()}", file=sys.stderr)

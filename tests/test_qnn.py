@@ -106,6 +106,16 @@ def test_run_on_qnn_falls_back_node_by_node(tiny_gguf_pkg: Path) -> None:
     assert npu.stdout == cpu.stdout
 
 
+@needs_qnn
+def test_embed_on_qnn_matches_the_cpu(tiny_encoder_pkg: Path) -> None:
+    args = ["embed", str(tiny_encoder_pkg), "A cat sat on the mat.", "Markets fell.", "--json"]
+    cpu, npu = CliRunner().invoke(main, args), CliRunner().invoke(main, [*args, "--device", "qnn"])
+    assert npu.exit_code == 0, npu.output
+    assert "edgekit: QNN (HTP): " in npu.stderr
+    np.testing.assert_allclose(json.loads(npu.stdout)["embeddings"], json.loads(cpu.stdout)["embeddings"],
+                               atol=1e-4)
+
+
 def test_inspect_ep_cpu_is_full(tiny_gguf_pkg: Path) -> None:
     result = CliRunner().invoke(main, ["inspect", str(tiny_gguf_pkg), "--ep", "cpu", "--require-full"])
     assert result.exit_code == 0, result.output
@@ -118,6 +128,11 @@ def test_inspect_ep_cuda_without_cuda_is_one_line(tiny_gguf_pkg: Path) -> None:
     assert result.exit_code == 2
     assert result.stderr.startswith("edgekit: error: cannot measure coverage: CUDAExecutionProvider is not "
                                     "available") and result.stderr.count("\n") == 1
+
+
+def test_require_full_needs_an_ep(tiny_gguf_pkg: Path) -> None:
+    result = CliRunner().invoke(main, ["inspect", str(tiny_gguf_pkg), "--require-full"])
+    assert result.exit_code == 2 and result.stderr.startswith("edgekit: error: --require-full needs --ep")
 
 
 def test_missing_plugin_falls_back_to_the_cpu(monkeypatch: pytest.MonkeyPatch,
