@@ -103,7 +103,11 @@ class Coverage:
 def coverage(graph: str | Path, provider: str) -> Coverage:
     """The coverage of `graph` (an ONNX file, external data beside it) on `provider` (a full EP name; one that is
     not installed is a one-line EdgekitError); creates one session (for QNN: compiles the graph for the HTP)."""
-    log = session_log(Path(graph), provider)
+    return from_log(provider, session_log(Path(graph), provider))
+
+
+def from_log(provider: str, log: str) -> Coverage:
+    """The coverage that onnxruntime's verbose session log (`session_log`) reports for `provider`."""
     plugin = PLUGINS.get(provider)
     if plugin is not None and plugin.reports_coverage:
         return _from_validation(provider, log)

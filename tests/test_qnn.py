@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from edgekit.runtime import providers
-from edgekit.runtime.coverage import coverage
+from edgekit.runtime.coverage import coverage, from_log
 from edgekit.runtime.providers import create_session, select_provider
 
 from edgekit.cli import main
@@ -128,6 +128,32 @@ def test_inspect_ep_cuda_without_cuda_is_one_line(tiny_gguf_pkg: Path) -> None:
     assert result.exit_code == 2
     assert result.stderr.startswith("edgekit: error: cannot measure coverage: CUDAExecutionProvider is not "
                                     "available") and result.stderr.count("\n") == 1
+
+
+# onnxruntime 1.32's placement report for a graph split between CUDA and the CPU (timestamps cut)
+CUDA_PLACEMENTS = """\
+[V:onnxruntime:, session_state.cc:1598 VerifyEachNodeIsAssignedToAnEp] Node placements
+[V:onnxruntime:, session_state.cc:1604 VerifyEachNodeIsAssignedToAnEp]  Node(s) placed on [CUDAExecutionProvider]. Number of nodes: 3
+[V:onnxruntime:, session_state.cc:1606 VerifyEachNodeIsAssignedToAnEp]   MatMulNBits (MatMulNBits_1)
+[V:onnxruntime:, session_state.cc:1606 VerifyEachNodeIsAssignedToAnEp]   MatMulNBits (MatMulNBits_2)
+[V:onnxruntime:, session_state.cc:1606 VerifyEachNodeIsAssignedToAnEp]   GroupQueryAttention (gqa)
+[V:onnxruntime:, session_state.cc:1604 VerifyEachNodeIsAssignedToAnEp]  Node(s) placed on [CPUExecutionProvider]. Number of nodes: 2
+[V:onnxruntime:, session_state.cc:1606 VerifyEachNodeIsAssignedToAnEp]   Shape ()
+[V:onnxruntime:, session_state.cc:1606 VerifyEachNodeIsAssignedToAnEp]   Gather (Gather_3)
+"""
+
+
+def test_placements_give_per_op_coverage() -> None:
+    measured = from_log("CUDAExecutionProvider", CUDA_PLACEMENTS)
+    assert (measured.total, measured.on_provider) == (5, 3)
+    assert measured.by_op == {"MatMulNBits": [2, 0], "GroupQueryAttention": [1, 0], "Shape": [0, 1], "Gather": [0, 1]}
+    assert [(n.op_type, n.name) for n in measured.fallback] == [("Shape", ""), ("Gather", "Gather_3")]
+    assert measured.summary() == ("CUDAExecutionProvider: 3 of 5 nodes on the GPU; 2 fall back to the CPU "
+                                  "(Gather 1, Shape 1)")
+    everything = from_log("CPUExecutionProvider", "[V:onnxruntime:, session_state.cc:1601 "
+                          "VerifyEachNodeIsAssignedToAnEp]  All nodes placed on [CPUExecutionProvider]. Number of "
+                          "nodes: 79\n")
+    assert everything.full and everything.total == 79 and not everything.by_op
 
 
 def test_require_full_needs_an_ep(tiny_gguf_pkg: Path) -> None:
