@@ -66,7 +66,7 @@ def test_manifest_records_the_qnn_target(qnn_pkg: Path) -> None:
     assert entry == {"provider": "QNNExecutionProvider", "file": "model.qnn.onnx",
                      "static": {"batch": 1, "sequence": 32},
                      "quantization": {"format": "QDQ (QNN's own, not edgekit's block formats)",
-                                      "activations": "uint16", "weights": "uint8 per channel"},
+                                      "activations": "uint16", "weights": "uint8 per channel (embedding tables uint16)"},
                      "calibration": "held-out text, 256 sentences"}
     assert "model.qnn.onnx" in manifest["files"]
     session = ort.InferenceSession(str(qnn_pkg / "model.qnn.onnx"), providers=["CPUExecutionProvider"])
@@ -89,6 +89,18 @@ def test_forced_qnn_graph_runs_on_the_cpu_too(qnn_pkg: Path) -> None:
     """The QDQ graph is standard ONNX: the CPU runs it (to check a package without an NPU)."""
     on_cpu = Encoder(qnn_pkg, target="qnn").embed(TEXTS[:3])
     assert cosines(on_cpu, Encoder(qnn_pkg).embed(TEXTS[:3])).min() >= 0.99
+
+
+def test_a_damaged_static_shape_is_one_line(qnn_pkg: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "pkg"
+    shutil.copytree(qnn_pkg, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["graph"]["targets"]["qnn"]["static"] = {"batch": 4, "sequence": 32}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EdgekitError, match="graph.targets.qnn.static is not {batch: 1, sequence: N}"):
+        Encoder(copy, target="qnn")
 
 
 def test_forcing_a_target_the_package_lacks_is_one_line(tiny_encoder_pkg: Path) -> None:
