@@ -32,8 +32,9 @@ from edgekit.errors import EdgekitError
 from edgekit.progress import progress
 from edgekit.targets import Target
 
-# Attention scores stay within tens of units in trained encoders; the mask's float32 minimum added to them would
-# stretch the uint16 range of that Add so far that the scores themselves round to one value.
+# Attention scores stay within tens of units in trained encoders; the mask's float32 minimum added to them stretches
+# the uint16 range of that Add so far that the scores round to one value. all-MiniLM-L6-v2, QDQ graph on the CPU,
+# mean cosine to PyTorch on the validation sentences: 0.41 with float32's minimum, 0.9987 with -1e4, 0.9988 with -100.
 MASK_FLOOR = -100.0
 # The HTP's attention cost grows with L²; sentence encoders are mostly trained at 128 tokens (all-MiniLM-L6-v2's
 # tokenizer.json truncates there), and sentences are shorter.

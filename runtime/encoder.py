@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from edgekit.runtime.decoder import SessionSettings, make_session
-from edgekit.runtime.loader import graph_path, load_manifest, require_kind
+from edgekit.runtime.loader import graph_path, load_manifest, require_kind, target_graph_path
 from edgekit.runtime.providers import select_provider
 from edgekit.runtime.sampling import check_int
 from edgekit.runtime.text import read_tokenizer
@@ -47,10 +47,10 @@ class Encoder:
                      "(generate)")
         self.config = self.manifest.model
         chosen = target_for_provider(self.provider) if target is None else named_target(target)
-        entry = self.manifest.data["graph"].get("targets", {}).get(chosen.name)
-        if target is not None and chosen.provider is not None and entry is None:
-            raise EdgekitError(f"this package has no {target} graph (export with --target {target})", self.path)
-        self._static: int | None = (entry or {}).get("static", {}).get("sequence")  # tokens per run of an NPU graph
+        graph = (graph_path(self.path, self.manifest, self.provider, fast) if target is None
+                 else target_graph_path(self.path, self.manifest, chosen, fast))
+        entry = self.manifest.data["graph"].get("targets", {}).get(chosen.name, {})
+        self._static: int | None = entry.get("static", {}).get("sequence")  # tokens per run of an NPU graph
         self._encoder = self.manifest.data["encoder"]
         self._inputs: list[str] = self.manifest.data["graph"]["inputs"]
         unknown = [name for name in self._inputs if name not in FED_INPUTS]
@@ -59,8 +59,7 @@ class Encoder:
                                f"({', '.join(FED_INPUTS)}): a newer edgekit may", self.path)
         self._tokenizer, self._pad_id = _fixed_length_tokenizer(
             package_file(self.path, self.manifest, self.manifest.tokenizer["file"]), self.max_length)
-        self._session = make_session(graph_path(self.path, self.manifest, chosen.provider or self.provider, fast),
-                                     SessionSettings(self.provider, threads))
+        self._session = make_session(graph, SessionSettings(self.provider, threads))
 
     @property
     def dimension(self) -> int:

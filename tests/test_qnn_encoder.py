@@ -103,9 +103,13 @@ def test_a_damaged_static_shape_is_one_line(qnn_pkg: Path, tmp_path: Path) -> No
         Encoder(copy, target="qnn")
 
 
-def test_forcing_a_target_the_package_lacks_is_one_line(tiny_encoder_pkg: Path) -> None:
+def test_forcing_a_graph_the_package_lacks_is_one_line(tiny_encoder_pkg: Path, qnn_pkg: Path) -> None:
     with pytest.raises(EdgekitError, match="this package has no qnn graph \\(export with --target qnn\\)"):
         Encoder(tiny_encoder_pkg, target="qnn")
+    with pytest.raises(EdgekitError, match="this package has no qnn fast graph"):  # static graphs have no fast mode
+        Encoder(qnn_pkg, target="qnn", fast=True)
+    np.testing.assert_allclose(Encoder(qnn_pkg, target="portable").embed(TEXTS), Encoder(qnn_pkg).embed(TEXTS),
+                               atol=1e-5)
 
 
 @pytest.mark.parametrize("case", ["decoder", "static length too long", "static length without qnn"])
