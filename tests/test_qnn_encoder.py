@@ -85,6 +85,20 @@ def test_runs_wholly_on_the_htp_simulator_close_to_float(qnn_pkg: Path, qnn_plug
     np.testing.assert_allclose(encoder.embed("a long text " * 40), encoder.embed("a long text " * 11), atol=1e-6)
 
 
+@pytest.mark.parametrize("arch", ["Roberta", "MPNet"])
+def test_other_encoder_architectures_run_wholly_on_the_simulator(arch: str, tmp_path: Path, qnn_plugin: None,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """RoBERTa's positions (a cumulative sum over the ids) and MPNet's relative position buckets fold or map to
+    the HTP too."""
+    from factories import tiny_sentence_encoder
+
+    src = tiny_sentence_encoder(tmp_path / "src", arch=arch)
+    result = CliRunner().invoke(main, ["export", str(src), "-o", str(tmp_path / "pkg"), "--target", "qnn"])
+    assert result.exit_code == 0, result.output
+    float_cpu = Encoder(tmp_path / "pkg").embed(TEXTS)
+    assert cosines(htp_encoder(tmp_path / "pkg", monkeypatch).embed(TEXTS), float_cpu).min() >= 0.99
+
+
 def test_forced_qnn_graph_runs_on_the_cpu_too(qnn_pkg: Path) -> None:
     """The QDQ graph is standard ONNX: the CPU runs it (to check a package without an NPU)."""
     on_cpu = Encoder(qnn_pkg, target="qnn").embed(TEXTS[:3])
