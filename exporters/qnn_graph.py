@@ -99,12 +99,12 @@ def qnn_encoder_graph(build: OptimumBuild, target: Target, tokenizer: Tokenizer,
 
 
 def _static_float(build: OptimumBuild, length: int) -> onnx.ModelProto:
-    """The float graph with inputs and output fixed at batch 1 and `length` tokens, the attention mask's float32
+    """The float graph with inputs fixed at batch 1 and `length` tokens (and so its output), the attention mask's float32
     minimum raised to MASK_FLOOR, and pooling (LpNormalization: the HTP's form) appended."""
     assert build.sentence is not None
     model = onnx.ModelProto()
     model.CopyFrom(build.float_graph)
-    for value in [*model.graph.input, *model.graph.output]:
+    for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim
         dims[0].dim_value, dims[1].dim_value = 1, length
     for node in model.graph.node:
