@@ -131,6 +131,10 @@ def _check_manifest(folder: Path, manifest: Manifest, path: Path) -> None:
     targets = graph.get("targets", {})
     expect(isinstance(targets, dict) and all(isinstance(t, dict) for t in targets.values()),
            "graph.targets is not an object of targets")
+    for name, t in targets.items():  # a static-shape target's fixed input shape (edgekit.runtime.encoder pads to it)
+        static = t.get("static", {"batch": 1, "sequence": 1})
+        expect(isinstance(static, dict) and static.get("batch") == 1 and _is_int(static.get("sequence"))
+               and 0 < static["sequence"] < 1 << 31, f"graph.targets.{name}.static is not {{batch: 1, sequence: N}}")
     named = [graph.get("file"), tok.get("file"), *(t.get("file") for t in targets.values()),
              *(t["fast_file"] for t in targets.values() if "fast_file" in t)]
     for rel in named:

@@ -42,8 +42,8 @@ CALIBRATION_SENTENCES = 1024  # an encoder's GPTQ inputs, one forward pass each
 
 
 class OptimumBuild:
-    """One optimum export of a Hugging Face folder: `graph` (float, or low-bit after `quantize`), `config`,
-    `contract`, and the manifest sections it adds (`manifest_sections`)."""
+    """One optimum export of a Hugging Face folder: `graph` (float, or low-bit after `quantize`), `float_graph`,
+    `config`, `contract`, and the manifest sections it adds (`manifest_sections`)."""
 
     kind = "hf"
 
@@ -53,6 +53,7 @@ class OptimumBuild:
         self.contract = CONCAT_KV_CONTRACT if self.task == DECODER_TASK else EMBEDDING_CONTRACT
         self.sentence = None if self.task == DECODER_TASK else read_sentence_config(path)
         self.graph = optimum_graph(path, self.task)
+        self.float_graph = self.graph  # kept for static-shape targets (exporters.qnn_graph); quantize() copies
         self.config = model_config(path, self.graph, self.task)
         self.sites = weight_sites(self.graph, self.config.vocab_size)
         floats = [t for t in self.graph.graph.initializer if t.data_type == onnx.TensorProto.FLOAT]

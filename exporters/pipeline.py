@@ -14,7 +14,7 @@ import secrets
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 from edgekit.exporters.draft import check_same_tokenizer, layer_subset, measure_acceptance
@@ -43,6 +43,9 @@ from edgekit.progress import progress
 from edgekit.recipe import Recipe
 from edgekit.targets import DEFAULT_TARGETS, Target, target
 
+if TYPE_CHECKING:
+    from edgekit.exporters.qnn_graph import StaticGraph
+
 DEFAULT_MAX_NEW_TOKENS = 256
 DRAFT_FOLDER = "draft"
 
@@ -55,6 +58,7 @@ class BuiltGraph:
     contract: str = CONTRACT
     builder: str = "native"
     sections: dict[str, Any] = field(default_factory=dict)  # manifest additions (`graph` entries are merged)
+    static: dict[str, StaticGraph] = field(default_factory=dict)  # static-shape targets' graphs, by target name
 
 
 def build_graph(source: Source) -> BuiltGraph:
@@ -72,17 +76,23 @@ def lower_graphs(built: BuiltGraph, targets: tuple[Target, ...]) -> dict[str, on
     exact = frozenset(built.recipe.fast_exact)
     graphs = {GRAPH_FILE: built.model}
     for t in targets:
-        if t.provider is not None:
+        if t.static_shapes:
+            graphs[t.graph_file()] = built.static[t.name].model
+        elif t.provider is not None:
             graphs[t.graph_file()] = lower(built.model, t)
             if t.fast_variant:
                 graphs[t.graph_file(fast=True)] = lower(built.model, t, fast=True, exact_nodes=exact)
     return graphs
 
 
-def target_entries(targets: tuple[Target, ...]) -> dict[str, dict[str, Any]]:
-    """The manifest's `graph.targets`: per target, its provider and graph files."""
+def target_entries(targets: tuple[Target, ...], static: dict[str, StaticGraph] | None = None,
+                   ) -> dict[str, dict[str, Any]]:
+    """The manifest's `graph.targets`: per target, its provider and graph files (and a static-shape target's
+    shapes, quantization and calibration)."""
+    static = static or {}
     return {t.name: {"provider": t.provider, "file": t.graph_file(),
-                     **({"fast_file": t.graph_file(fast=True)} if t.fast_variant else {})}
+                     **({"fast_file": t.graph_file(fast=True)} if t.fast_variant else {}),
+                     **(static[t.name].entry if t.name in static else {})}
             for t in targets if t.provider is not None}
 
 
@@ -99,13 +109,19 @@ class PackageContents:
 
 
 def prepare(src: str, quant: QuantConfig | None = None, targets: tuple[str, ...] = DEFAULT_TARGETS,
-            builder: str = "auto") -> PackageContents:
+            builder: str = "auto", static_length: int | None = None) -> PackageContents:
     """Stages 1 and 2 for SRC: open and check the source, quantize it if `quant` says so, build its graph; the
     package will carry graphs lowered for `targets` (names from edgekit.targets). `builder`: native, optimum,
-    or auto (native where edgekit has a builder for the architecture, else optimum)."""
+    or auto (native where edgekit has a builder for the architecture, else optimum). `static_length`: tokens per
+    text of static-shape targets' graphs (exporters.qnn_graph's default when None)."""
     chosen = tuple(target(t) for t in dict.fromkeys(targets))
+    static = [t.name for t in chosen if t.static_shapes]
+    if static_length is not None and not static:
+        raise EdgekitError("--static-length is for static-shape targets (--target qnn)")
     if choose_builder(resolve_path(src), builder) == "optimum":
-        return _prepare_optimum(src, quant, chosen)
+        return _prepare_optimum(src, quant, chosen, static_length)
+    if static:
+        raise _needs_encoder(static[0], src)
     source = open_source(src)
     tokenizer, tok_info = source_tokenizer(source)
     if quant is not None:
@@ -113,19 +129,41 @@ def prepare(src: str, quant: QuantConfig | None = None, targets: tuple[str, ...]
     return PackageContents(source, build_graph(source), tokenizer, tok_info, src, chosen)
 
 
-def _prepare_optimum(src: str, quant: QuantConfig | None, targets: tuple[Target, ...]) -> PackageContents:
-    """prepare() through optimum's exporter (exporters.optimum_build)."""
+def _prepare_optimum(src: str, quant: QuantConfig | None, targets: tuple[Target, ...],
+                     static_length: int | None) -> PackageContents:
+    """prepare() through optimum's exporter (exporters.optimum_build); static-shape targets' graphs are made from
+    its float graph (exporters.qnn_graph)."""
     from edgekit.exporters.hf_source import hf_tokenizer
     from edgekit.exporters.optimum_build import OptimumBuild
 
     path = resolve_path(src)
     tokenizer, tok_info = hf_tokenizer(path)
     build = OptimumBuild(path)
+    static = _static_graphs(build, targets, tokenizer, quant, static_length)
     if quant is not None:
         build.quantize(quant, tokenizer)
     built = BuiltGraph(build.finish(), build.recipe, build.custom_ops, build.contract, "optimum",
-                       build.manifest_sections())
+                       build.manifest_sections(), static)
     return PackageContents(build, built, tokenizer, tok_info, src, targets)
+
+
+def _static_graphs(build: Any, targets: tuple[Target, ...], tokenizer: Tokenizer, quant: QuantConfig | None,
+                   length: int | None) -> dict[str, StaticGraph]:
+    """Static-shape targets' graphs, made from the build's float graph (exporters.qnn_graph), by target name."""
+    static = [t for t in targets if t.static_shapes]
+    if not static:
+        return {}
+    if build.sentence is None:
+        raise _needs_encoder(static[0].name, build.path)
+    from edgekit.exporters.qnn_graph import qnn_encoder_graph, static_length
+
+    checked = static_length(build, length)
+    return {t.name: qnn_encoder_graph(build, t, tokenizer, quant, checked) for t in static}
+
+
+def _needs_encoder(name: str, src: str | Path) -> EdgekitError:
+    return EdgekitError(f"--target {name} needs a sentence-embedding encoder (static-shape decoders are not available "
+                        "yet)", src)
 
 
 def _write_contents(folder: Path, c: PackageContents, extra: dict[str, Any]) -> Manifest:
@@ -150,7 +188,7 @@ def _write_contents(folder: Path, c: PackageContents, extra: dict[str, Any]) -> 
         "graph": {"contract": c.built.contract, "builder": c.built.builder, "file": GRAPH_FILE,
                   "weights": WEIGHTS_FILE, "custom_ops": c.built.custom_ops,
                   "opsets": {o.domain or "ai.onnx": o.version for o in c.built.model.opset_import},
-                  "targets": target_entries(c.targets), **graph_extra},
+                  "targets": target_entries(c.targets, c.built.static), **graph_extra},
         "tokenizer": {"file": TOKENIZER_FILE, **c.tok_info},
         **generation,
         **sections,
@@ -212,7 +250,8 @@ def write_package(main: PackageContents, out: Path, draft: PackageContents | Non
 
 
 def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConfig | None = None,
-           targets: tuple[str, ...] = DEFAULT_TARGETS, builder: str = "auto") -> Manifest:
+           targets: tuple[str, ...] = DEFAULT_TARGETS, builder: str = "auto", static_length: int | None = None,
+           ) -> Manifest:
     """SRC (GGUF file, HF folder or built-in name) -> edgekit package folder `out`.
 
     `quant`: quantize the weights on export (exporters.quantize); None keeps them as the source has them.
@@ -222,11 +261,11 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
 
     `targets`: names from edgekit.targets; each adds graph(s) lowered for its execution provider.
 
-    `builder`: how the graph is made (prepare()).
+    `builder`: how the graph is made (prepare()); `static_length`: static-shape targets' tokens per text.
     """
     if Path(out).exists():
         raise EdgekitError("output already exists (remove it or choose another -o)", out)
-    main = prepare(src, quant, targets, builder)
+    main = prepare(src, quant, targets, builder, static_length)
     if draft is not None and main.built.builder != "native":
         raise EdgekitError("--draft needs a decoder built by edgekit's native builder (this one came from optimum)",
                            src)

@@ -12,7 +12,7 @@ from pathlib import Path
 from edgekit.errors import EdgekitError
 from edgekit.ops.names import OP_NAMES
 from edgekit.package import EMBEDDING_CONTRACT, Manifest, package_file, read_manifest, verify_files
-from edgekit.targets import target_for_provider
+from edgekit.targets import Target, target_for_provider
 
 
 def load_manifest(folder: str | Path, verify: bool = True) -> Manifest:
@@ -60,6 +60,18 @@ def graph_path(folder: str | Path, manifest: Manifest, provider: str, fast: bool
     if fast and "fast_file" not in entry:
         raise EdgekitError(f"the {target.name} target has no fast variant (int8 activations are a CPU kernel feature)",
                            folder)
+    return package_file(folder, manifest, entry["fast_file" if fast else "file"])
+
+
+def target_graph_path(folder: str | Path, manifest: Manifest, target: Target, fast: bool = False) -> Path:
+    """The graph of a named target (its fast variant if `fast`), for a caller that chooses the graph itself rather
+    than by provider; one line when the package has none."""
+    if target.provider is None and not fast:
+        return portable_graph_path(folder, manifest)
+    entry = manifest.data["graph"].get("targets", {}).get(target.name)
+    if entry is None or (fast and "fast_file" not in entry):
+        kind = f"{target.name} fast" if fast else target.name
+        raise EdgekitError(f"this package has no {kind} graph (export with --target {target.name})", folder)
     return package_file(folder, manifest, entry["fast_file" if fast else "file"])
 
 
