@@ -41,3 +41,45 @@ def test_reference_on_cuda_matches_cpu(tiny_gguf_file: Path) -> None:
     cpu, gpu = TorchReference(str(tiny_gguf_file), "cpu"), TorchReference(str(tiny_gguf_file), "cuda")
     assert gpu.device == "cuda"
     np.testing.assert_allclose(gpu.logits(ids), cpu.logits(ids), atol=1e-3, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def cuda_pkg(tmp_path_factory: pytest.TempPathFactory, tiny_gguf_file: Path) -> Path:
+    """The tiny model with a graph lowered for CUDA (exporting needs no GPU)."""
+    from edgekit.exporters.pipeline import export
+
+    out = tmp_path_factory.mktemp("cuda") / "pkg"
+    export(str(tiny_gguf_file), out, targets=("cpu", "cuda"))
+    return out
+
+
+@needs_ort_cuda
+@pytest.mark.skipif(not _torch_cuda(), reason="torch sees no CUDA GPU")
+def test_validate_on_cuda_both_sides(cuda_pkg: Path, tiny_gguf_file: Path) -> None:
+    """`edgekit validate --device cuda --runtime-device cuda`: PyTorch and the package both on the GPU, the same
+    metrics as on CPU."""
+    import json
+
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    result = CliRunner().invoke(main, ["validate", str(cuda_pkg), "--reference", str(tiny_gguf_file), "--device",
+                                       "cuda", "--runtime-device", "cuda", "--tokens", "16", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["reference_device"] == "cuda" and report["passed"]
+
+
+@needs_ort_cuda
+def test_bench_on_cuda(cuda_pkg: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    result = CliRunner().invoke(main, ["bench", str(cuda_pkg), "--device", "cuda", "--prompt-lengths", "16",
+                                       "--new-tokens", "8", "--rounds", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "CUDAExecutionProvider" in json.dumps(json.loads(result.stdout))
