@@ -242,8 +242,12 @@ class GraphBuilder:
             for kind in ("key", "value"):
                 inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", f32, cache_shape))
                 outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", f32, cache_shape))
-        graph = helper.make_graph(self.nodes, "edgekit_decoder", inputs, outputs, self.initializers)
-        opsets = [*OPSET_IMPORTS, helper.make_opsetid(MS_DOMAIN, 1)]
+        return self.assemble("edgekit_decoder", inputs, outputs, [*OPSET_IMPORTS, helper.make_opsetid(MS_DOMAIN, 1)])
+
+    def assemble(self, name: str, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
+                 opsets: list[onnx.OperatorSetIdProto]) -> onnx.ModelProto:
+        """The nodes and initializers as a model with these inputs and outputs (and the edgekit ops' functions)."""
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, self.initializers)
         model = helper.make_model(graph, opset_imports=opsets, producer_name="edgekit",
                                   functions=function_protos(self.edgekit_ops))
         model.ir_version = 10
