@@ -131,6 +131,11 @@ def _check_manifest(folder: Path, manifest: Manifest, path: Path) -> None:
     targets = graph.get("targets", {})
     expect(isinstance(targets, dict) and all(isinstance(t, dict) for t in targets.values()),
            "graph.targets is not an object of targets")
+    for name, entry in targets.items():
+        static = entry.get("static")
+        expect(static is None or (isinstance(static, dict) and all(_is_int(static.get(k)) for k in ("chunk", "context"))
+                                  and 0 < static["chunk"] <= static["context"] < 1 << 31),
+               f"graph.targets.{name}.static is not {{chunk, context}} with 0 < chunk <= context")
     named = [graph.get("file"), tok.get("file"), *(t.get("file") for t in targets.values()),
              *(t["fast_file"] for t in targets.values() if "fast_file" in t)]
     for rel in named:

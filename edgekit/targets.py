@@ -41,6 +41,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     # The CPU kernels take 2-, 4- and 8-bit codes; int8 activations (accuracy_level 4) are a CPU feature.
     Target("cpu", "CPUExecutionProvider", _NBITS, _NBITS_RULES, frozenset({2, 4, 8}), fast_variant=True),
     Target("cuda", "CUDAExecutionProvider", _NBITS, _NBITS_RULES, frozenset({4})),
+    # NPUs (Qualcomm HTP): a graph built with static shapes and standard ops, not lowered (exporters.static_graph).
+    Target("qnn", "QNNExecutionProvider", static_shapes=True),
 )}
 DEFAULT_TARGETS = ("cpu",)
 

@@ -22,6 +22,7 @@ from edgekit.exporters.graph_files import save_graphs
 from edgekit.exporters.lowering import lower
 from edgekit.exporters.quantize import QuantConfig, quantize_source
 from edgekit.exporters.sources import Source, choose_builder, open_source, resolve_path, source_tokenizer
+from edgekit.exporters.static_graph import StaticShapes, build_static, static_shapes
 from edgekit.exporters.weights import RecordingSource
 from tokenizers import Tokenizer
 
@@ -55,16 +56,26 @@ class BuiltGraph:
     contract: str = CONTRACT
     builder: str = "native"
     sections: dict[str, Any] = field(default_factory=dict)  # manifest additions (`graph` entries are merged)
+    # Per target name: a graph built for the target rather than lowered from `model` (static shapes), and what
+    # its manifest entry records beside provider and file.
+    target_graphs: dict[str, onnx.ModelProto] = field(default_factory=dict)
+    target_sections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def build_graph(source: Source) -> BuiltGraph:
+def build_graph(source: Source, static: StaticShapes | None = None,
+                targets: tuple[Target, ...] = ()) -> BuiltGraph:
     """Stage 2: the ONNX decoder with the source's weights in their own formats (a quantized source's recipe
-    says how they were quantized)."""
+    says how they were quantized), and the static-shape graph for each of `targets` that needs one."""
     c = source.config
     recording = RecordingSource(source)
     model, ops = source.arch.build(recording, progress(range(c.num_layers), "building layers"))
     recipe = replace(getattr(source, "recipe", Recipe()), tensor_formats=recording.formats)
-    return BuiltGraph(model, recipe, sorted(ops))
+    built = BuiltGraph(model, recipe, sorted(ops))
+    for t in targets:
+        if t.static_shapes and static is not None:
+            built.target_graphs[t.name] = build_static(source.arch, source, static)
+            built.target_sections[t.name] = {"static": static.to_dict(), "activations": "float"}
+    return built
 
 
 def lower_graphs(built: BuiltGraph, targets: tuple[Target, ...]) -> dict[str, onnx.ModelProto]:
@@ -72,17 +83,21 @@ def lower_graphs(built: BuiltGraph, targets: tuple[Target, ...]) -> dict[str, on
     exact = frozenset(built.recipe.fast_exact)
     graphs = {GRAPH_FILE: built.model}
     for t in targets:
-        if t.provider is not None:
+        if t.name in built.target_graphs:
+            graphs[t.graph_file()] = built.target_graphs[t.name]
+        elif t.provider is not None:
             graphs[t.graph_file()] = lower(built.model, t)
             if t.fast_variant:
                 graphs[t.graph_file(fast=True)] = lower(built.model, t, fast=True, exact_nodes=exact)
     return graphs
 
 
-def target_entries(targets: tuple[Target, ...]) -> dict[str, dict[str, Any]]:
-    """The manifest's `graph.targets`: per target, its provider and graph files."""
+def target_entries(targets: tuple[Target, ...], built: BuiltGraph) -> dict[str, dict[str, Any]]:
+    """The manifest's `graph.targets`: per target, its provider and graph files (and what a graph built for the
+    target records: its static shapes)."""
     return {t.name: {"provider": t.provider, "file": t.graph_file(),
-                     **({"fast_file": t.graph_file(fast=True)} if t.fast_variant else {})}
+                     **({"fast_file": t.graph_file(fast=True)} if t.fast_variant else {}),
+                     **built.target_sections.get(t.name, {})}
             for t in targets if t.provider is not None}
 
 
@@ -99,18 +114,25 @@ class PackageContents:
 
 
 def prepare(src: str, quant: QuantConfig | None = None, targets: tuple[str, ...] = DEFAULT_TARGETS,
-            builder: str = "auto") -> PackageContents:
+            builder: str = "auto", static_chunk: int | None = None,
+            static_context: int | None = None) -> PackageContents:
     """Stages 1 and 2 for SRC: open and check the source, quantize it if `quant` says so, build its graph; the
     package will carry graphs lowered for `targets` (names from edgekit.targets). `builder`: native, optimum,
-    or auto (native where edgekit has a builder for the architecture, else optimum)."""
+    or auto (native where edgekit has a builder for the architecture, else optimum). `static_chunk`,
+    `static_context`: the shapes of a static-shape target's graph (exporters.static_graph; None: defaults)."""
     chosen = tuple(target(t) for t in dict.fromkeys(targets))
+    wants_static = any(t.static_shapes for t in chosen)
+    if not wants_static and (static_chunk, static_context) != (None, None):
+        raise EdgekitError("--static-chunk and --static-context shape a static-shape target's graph: add "
+                           "--target qnn")
     if choose_builder(resolve_path(src), builder) == "optimum":
         return _prepare_optimum(src, quant, chosen)
     source = open_source(src)
+    static = static_shapes(source.config, static_chunk, static_context, src) if wants_static else None
     tokenizer, tok_info = source_tokenizer(source)
     if quant is not None:
         source = quantize_source(source, quant, tokenizer)
-    return PackageContents(source, build_graph(source), tokenizer, tok_info, src, chosen)
+    return PackageContents(source, build_graph(source, static, chosen), tokenizer, tok_info, src, chosen)
 
 
 def _prepare_optimum(src: str, quant: QuantConfig | None, targets: tuple[Target, ...]) -> PackageContents:
@@ -150,7 +172,7 @@ def _write_contents(folder: Path, c: PackageContents, extra: dict[str, Any]) -> 
         "graph": {"contract": c.built.contract, "builder": c.built.builder, "file": GRAPH_FILE,
                   "weights": WEIGHTS_FILE, "custom_ops": c.built.custom_ops,
                   "opsets": {o.domain or "ai.onnx": o.version for o in c.built.model.opset_import},
-                  "targets": target_entries(c.targets), **graph_extra},
+                  "targets": target_entries(c.targets, c.built), **graph_extra},
         "tokenizer": {"file": TOKENIZER_FILE, **c.tok_info},
         **generation,
         **sections,
@@ -212,7 +234,8 @@ def write_package(main: PackageContents, out: Path, draft: PackageContents | Non
 
 
 def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConfig | None = None,
-           targets: tuple[str, ...] = DEFAULT_TARGETS, builder: str = "auto") -> Manifest:
+           targets: tuple[str, ...] = DEFAULT_TARGETS, builder: str = "auto", static_chunk: int | None = None,
+           static_context: int | None = None) -> Manifest:
     """SRC (GGUF file, HF folder or built-in name) -> edgekit package folder `out`.
 
     `quant`: quantize the weights on export (exporters.quantize); None keeps them as the source has them.
@@ -222,11 +245,16 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
 
     `targets`: names from edgekit.targets; each adds graph(s) lowered for its execution provider.
 
-    `builder`: how the graph is made (prepare()).
+    `builder`: how the graph is made (prepare()); `static_chunk`, `static_context`: a static-shape target's
+    shapes (prepare()).
     """
     if Path(out).exists():
         raise EdgekitError("output already exists (remove it or choose another -o)", out)
-    main = prepare(src, quant, targets, builder)
+    static = [name for name in targets if target(name).static_shapes]
+    if draft is not None and static:
+        raise EdgekitError(f"--draft needs dynamic shapes (speculative passes of varying length): not with "
+                           f"--target {static[0]}")
+    main = prepare(src, quant, targets, builder, static_chunk, static_context)
     if draft is not None and main.built.builder != "native":
         raise EdgekitError("--draft needs a decoder built by edgekit's native builder (this one came from optimum)",
                            src)

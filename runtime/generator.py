@@ -22,9 +22,10 @@ from edgekit.runtime.decoder import Decoder, SequenceCaches, SessionSettings, St
 from edgekit.runtime.decoding import MAX_DRAFT, DecodeStats, decode
 from edgekit.runtime.draft_policy import CostAwareLength, PassCosts
 from edgekit.runtime.drafters import Drafter, ModelDrafter, NgramDrafter
-from edgekit.runtime.loader import graph_path, load_manifest, portable_graph_path, require_kind
+from edgekit.runtime.loader import graph_path, load_manifest, portable_graph_path, require_kind, static_shapes
 from edgekit.runtime.providers import select_provider
 from edgekit.runtime.sampling import SamplingParams, check_int
+from edgekit.runtime.static_decoder import StaticDecoder
 from edgekit.runtime.text import StreamDecoder, TextCodec
 
 from edgekit.errors import EdgekitError
@@ -149,7 +150,7 @@ class Model:
 
     def __init__(self, path: str | Path, device: str = "cpu", fast: bool = False, max_length: int | None = None,
                  threads: int = 0, spinning: bool = True, verify: bool = True, draft: bool = False,
-                 float_passes: bool = False, idle_caches: int = 1):
+                 float_passes: bool = False, idle_caches: int = 1, target: str | None = None):
         """`idle_caches`: KV caches kept for reuse once their generation ends. A generation that finds none
         idle allocates one (max_length x layers x 2 x kv_heads x head_dim float32, plus the draft model's:
         94 MB for SmolLM2-135M at 2048 tokens), so memory grows with the generations running at once and
@@ -159,10 +160,15 @@ class Model:
         on float32 copies of the weights, a second session over the same cache. It costs memory (4 bytes per
         weight: about 540 MB more for SmolLM2-135M) and buys cheap multi-token passes: onnxruntime's
         MatMulNBits costs about 4x a one-token pass from 2 tokens on, a float32 GEMM about 1-2x (measured,
-        docs/cli.md). Still exact: the same weights, float32 arithmetic, in another summation order."""
+        docs/cli.md). Still exact: the same weights, float32 arithmetic, in another summation order.
+
+        `target`: run the graph exported for this target (a name from edgekit.targets) on `device`, instead of the
+        one lowered for the device: `target="qnn"` runs the static-shape NPU graph on the CPU, to check it.
+        A static-shape graph holds at most its context of tokens (max_length is capped to it)."""
         self.path = Path(path)
         self.provider = select_provider(device)
         self.fast = fast
+        self.target = target
         if float_passes and fast:
             raise EdgekitError("float_passes is for exact mode: fast mode's multi-token passes must use its "
                                "int8 activations too, or speculative output would differ from plain decoding")
@@ -172,6 +178,7 @@ class Model:
         self.manifest, self._session, self._wide_session, self.max_length = self._open(
             self.path, verify, max_length, threads, spinning and not draft, float_passes)
         self.config = self.manifest.model
+        self._static = static_shapes(self.manifest, self.provider, target) is not None
         self.codec = TextCodec(package_file(self.path, self.manifest, self.manifest.tokenizer["file"]),
                                self.manifest.tokenizer)
         self._draft_session: ort.InferenceSession | None = None
@@ -190,6 +197,8 @@ class Model:
 
     def _new_caches(self) -> SequenceCaches:
         draft = Decoder(self._draft_session, self._draft_length) if self._draft_session is not None else None
+        if self._static:
+            return SequenceCaches(StaticDecoder(self._session, self.max_length), draft)
         if self.manifest.data["graph"]["contract"] == CONCAT_KV_CONTRACT:
             return SequenceCaches(ConcatCacheDecoder(self._session, self.max_length), draft)
         return SequenceCaches(Decoder(self._session, self.max_length, self._wide_session), draft)
@@ -202,12 +211,16 @@ class Model:
             raise EdgekitError("float_passes needs a decoder built by edgekit's native builder (its cache buffers "
                                "are shared by two sessions)", folder)
         config = manifest.model
-        length = min(max_length or DEFAULT_MAX_LENGTH, config.max_position_embeddings)
+        static = static_shapes(manifest, self.provider, self.target)
+        if static and float_passes:
+            raise EdgekitError("float_passes needs a graph with dynamic shapes, not the static one", folder)
+        limit = static["context"] if static else config.max_position_embeddings
+        length = min(max_length or DEFAULT_MAX_LENGTH, limit)
         settings = SessionSettings(self.provider, threads, spinning)
         # The portable graph's dequantization bodies fold into float32 weights at session creation.
         wide = make_session(portable_graph_path(folder, manifest), replace(settings, spinning=False)) \
             if float_passes else None
-        session = make_session(graph_path(folder, manifest, self.provider, self.fast), settings)
+        session = make_session(graph_path(folder, manifest, self.provider, self.fast, self.target), settings)
         return manifest, session, wide, length
 
     def _direct_caches(self) -> SequenceCaches:
