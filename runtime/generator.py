@@ -268,9 +268,9 @@ class Model:
         if not ids:
             raise EdgekitError("the prompt is empty")
         if len(ids) >= self.max_length:
-            raise EdgekitError(f"prompt has {len(ids)} tokens; the context holds {self.max_length} "
-                               "(raise --max-length up to the model's "
-                               f"{self.config.max_position_embeddings}, or shorten the prompt)")
+            larger = "export with a larger --static-context" if self._static else "raise --max-length"
+            raise EdgekitError(f"prompt has {len(ids)} tokens; the context holds {self.max_length} ({larger} up to "
+                               f"the model's {self.config.max_position_embeddings}, or shorten the prompt)")
         return ids
 
     def logits(self, ids: list[int]) -> np.ndarray:
