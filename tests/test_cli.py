@@ -42,7 +42,7 @@ def test_export_targets_share_one_weights_file(tmp_path: Path, tiny_gguf_file: P
 def test_unknown_target_is_one_line(tmp_path: Path, tiny_gguf_file: Path) -> None:
     result = CliRunner().invoke(main, ["export", str(tiny_gguf_file), "-o", str(tmp_path / "p"), "--target", "tpu"])
     assert result.exit_code == 2 and not (tmp_path / "p").exists()
-    assert "unknown target 'tpu' (supported: portable, cpu, cuda)" in result.output
+    assert "unknown target 'tpu' (supported: portable, cpu, cuda, qnn)" in result.output
 
 
 def test_run_streams_text(tiny_gguf_pkg: Path) -> None:
