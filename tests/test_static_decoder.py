@@ -126,6 +126,19 @@ def test_default_shapes_fit_the_model(tmp_path: Path, tiny_gguf_file: Path) -> N
     assert static_shapes(config, None, 32).to_dict() == {"chunk": 32, "context": 32}
 
 
+@pytest.mark.parametrize(("arch", "chunk", "context"), [("qwen2", 8, 64), ("qwen3", 8, 64), ("gemma3_text", 4, 8)])
+def test_other_architectures(tmp_path: Path, arch: str, chunk: int, context: int) -> None:
+    """Biases, QK-norm, Gemma's scaled embedding, post-norms and soft-capping: the same primitives, static.
+    The tiny Gemma's sliding window is 8 tokens, so its context is 8 at most."""
+    from edgekit.exporters.pipeline import export
+
+    export(str(tiny_hf_model(tmp_path / "src", arch=arch)), tmp_path / "pkg", targets=("cpu", "qnn"),
+           static_chunk=chunk, static_context=context)
+    ids = list(range(5, 5 + context - 2))
+    dynamic, static = Model(tmp_path / "pkg"), Model(tmp_path / "pkg", target="qnn")
+    np.testing.assert_allclose(static.logits(ids), dynamic.logits(ids), atol=1e-4)
+
+
 def test_short_sliding_window_is_refused(tmp_path: Path) -> None:
     src = tiny_hf_model(tmp_path / "mistral", arch="mistral", sliding_window=16)
     result = CliRunner().invoke(main, ["export", str(src), "-o", str(tmp_path / "pkg"), "--target", "qnn",
