@@ -120,11 +120,15 @@ class GraphBuilder:
         """The output layer reading the embedding's own initializers (stored once)."""
         if isinstance(w, BlockQuantWeight):
             return self.linear(x, "embed", w, out)
-        # Gemm with transB reads the [V, H] table in place; MatMul would need a transposed copy.
+        return self.table_head(x, "embed.weight", w.shape[0], out)
+
+    def table_head(self, x: str, table: str, vocab: int, out: str) -> str:
+        """x · tableᵀ for a float32 [vocab, H] table: Gemm with transB reads it in place, where MatMul would need
+        a transposed copy."""
         h = self.config.hidden_size
         self._node("Reshape", [x, self.initializer("shape_2d", np.array([-1, h], np.int64))], [f"{out}_2d_in"])
-        self._node("Gemm", [f"{out}_2d_in", "embed.weight"], [f"{out}_2d"], transB=1)
-        self._node("Reshape", [f"{out}_2d", self.initializer("shape_logits", np.array([1, -1, w.shape[0]], np.int64))],
+        self._node("Gemm", [f"{out}_2d_in", table], [f"{out}_2d"], transB=1)
+        self._node("Reshape", [f"{out}_2d", self.initializer("shape_logits", np.array([1, -1, vocab], np.int64))],
                    [out])
         return out
 

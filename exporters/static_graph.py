@@ -29,6 +29,7 @@ from edgekit.exporters.weights import Weight, WeightSource
 from onnx import TensorProto, helper
 
 from edgekit.errors import EdgekitError
+from edgekit.formats import BlockQuantWeight
 from edgekit.model_config import ModelConfig
 from edgekit.ops import OPSET_IMPORTS
 
@@ -77,7 +78,7 @@ class StaticGraphBuilder(GraphBuilder):
         self.shapes = shapes
         self._rope_rows: dict[str, tuple[str, str]] = {}
 
-    def _const(self, name: str, values: list[int]) -> str:
+    def _const(self, name: str, values: list[int] | int) -> str:
         return self.initializer(name, np.array(values, np.int64))
 
     def rms_norm(self, x: str, w: np.ndarray, name: str, out: str) -> str:
@@ -94,6 +95,22 @@ class StaticGraphBuilder(GraphBuilder):
     def skip_rms_norm(self, x: str, skip: str, w: np.ndarray, name: str, out: str, residual_out: str) -> None:
         self.binary("Add", x, skip, residual_out)
         self.rms_norm(residual_out, w, name, out)
+
+    def embedding(self, w: Weight, ids: str, out: str) -> str:
+        """A block-quantized table is dequantized whole, by its own gather op over every row (constant: folded
+        once at session creation), then rows are gathered in float: onnxruntime's QNN EP (2.7.0, HTP) reads a
+        Gather of packed uint8 codes followed by Cast as all ones. The tied output layer reads the same table."""
+        if not isinstance(w, BlockQuantWeight):
+            return super().embedding(w, ids, out)
+        self._node("Range", [self._const("i64_0", 0), self._const(f"i64_{w.shape[0]}", w.shape[0]),
+                             self._const("i64_1", 1)], ["embed.every_row"])
+        super().embedding(w, "embed.every_row", "embed.weight")
+        self._node("Gather", ["embed.weight", ids], [out], axis=0)
+        return out
+
+    def tied_lm_head(self, w: Weight, x: str, out: str) -> str:
+        """The float table `embedding` leaves in `embed.weight` (dense or dequantized), read in place."""
+        return self.table_head(x, "embed.weight", w.shape[0], out)
 
     def rope_tables(self, name: str, inv_freq: np.ndarray, length: int) -> tuple[str, str]:
         """Only the first `context` rows: no position reaches past them."""

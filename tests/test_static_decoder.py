@@ -126,6 +126,28 @@ def test_default_shapes_fit_the_model(tmp_path: Path, tiny_gguf_file: Path) -> N
     assert static_shapes(config, None, 32).to_dict() == {"chunk": 32, "context": 32}
 
 
+def test_runs_wholly_on_the_qnn_htp_simulator(static_pkg: Path) -> None:
+    """With CPU fallback disabled the session only opens if the QNN EP takes every node (float16 on the HTP
+    simulator of onnxruntime-qnn, x86 Linux): the chunks' logits then agree with the CPU's to float16 precision."""
+    qnn = pytest.importorskip("onnxruntime_qnn")
+    import onnxruntime as ort
+    from edgekit.runtime.static_decoder import StaticDecoder
+
+    if "QNNExecutionProvider" not in {d.ep_name for d in ort.get_ep_devices()}:
+        ort.register_execution_provider_library("QNNExecutionProvider", qnn.get_library_path())
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == "QNNExecutionProvider"]
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    options.add_provider_for_devices(devices[:1], {"backend_path": qnn.get_qnn_htp_path(), "soc_model": "60",
+                                                   "htp_arch": "75", "enable_htp_fp16_precision": "1"})
+    graph = str(static_pkg / "model.qnn.onnx")
+    ids = list(range(5, 5 + 2 * CHUNK + 3))
+    npu = StaticDecoder(ort.InferenceSession(graph, options), CONTEXT).forward(ids, len(ids))
+    cpu = StaticDecoder(ort.InferenceSession(graph, providers=["CPUExecutionProvider"]), CONTEXT).forward(ids, len(ids))
+    assert np.abs(npu - cpu).max() < 0.05 * np.abs(cpu).max()
+    assert (npu.argmax(-1) == cpu.argmax(-1)).all()
+
+
 @pytest.mark.parametrize(("arch", "chunk", "context"), [("qwen2", 8, 64), ("qwen3", 8, 64), ("gemma3_text", 4, 8)])
 def test_other_architectures(tmp_path: Path, arch: str, chunk: int, context: int) -> None:
     """Biases, QK-norm, Gemma's scaled embedding, post-norms and soft-capping: the same primitives, static.
