@@ -82,14 +82,25 @@ class StaticGraphBuilder(GraphBuilder):
         return self.initializer(name, np.array(values, np.int64))
 
     def rms_norm(self, x: str, w: np.ndarray, name: str, out: str) -> str:
-        """x / sqrt(mean(x²) + eps) · w over the last axis."""
+        """x / sqrt(mean(x²) + eps) · w over the last axis, computed as x / (m · sqrt(mean((x/m)²) + eps/m²)) with
+        m = max|x|: the same value, but x² cannot overflow when an NPU runs it in float16 (SmolLM2's residual
+        stream reaches 2.4e4, its square 5.6e8; float16 ends at 65504). m is at least 2^-14 (float16's smallest
+        normal), so a zero row stays finite."""
+        axes = self._const("axes_last", [-1])
+        self._node("Abs", [x], [f"{out}.abs"])
+        self._node("ReduceMax", [f"{out}.abs", axes], [f"{out}.max"], keepdims=1)
+        self.binary("Max", f"{out}.max", self.initializer("f32_2^-14", np.array(2.0 ** -14, np.float32)),
+                    f"{out}.m")
+        self.binary("Div", x, f"{out}.m", f"{out}.scaled")
+        self.binary("Mul", f"{out}.scaled", f"{out}.scaled", f"{out}.squares")
+        self._node("ReduceMean", [f"{out}.squares", axes], [f"{out}.mean"], keepdims=1)
+        self.binary("Mul", f"{out}.m", f"{out}.m", f"{out}.m2")
         eps = self.initializer(f"const_{np.float32(self.config.rms_norm_eps).view(np.uint32):08x}",
                                np.array(self.config.rms_norm_eps, np.float32))
-        self.binary("Mul", x, x, f"{out}.squares")
-        self._node("ReduceMean", [f"{out}.squares", self._const("axes_last", [-1])], [f"{out}.mean"], keepdims=1)
-        self.binary("Add", f"{out}.mean", eps, f"{out}.mean_eps")
-        self._node("Sqrt", [f"{out}.mean_eps"], [f"{out}.rms"])
-        self.binary("Div", x, f"{out}.rms", f"{out}.normed")
+        self.binary("Div", eps, f"{out}.m2", f"{out}.eps_scaled")
+        self.binary("Add", f"{out}.mean", f"{out}.eps_scaled", f"{out}.mean_eps")
+        self._node("Sqrt", [f"{out}.mean_eps"], [f"{out}.rms_scaled"])
+        self.binary("Div", f"{out}.scaled", f"{out}.rms_scaled", f"{out}.normed")
         return self.binary("Mul", f"{out}.normed", self.initializer(name, w.astype(np.float32)), out)
 
     def skip_rms_norm(self, x: str, skip: str, w: np.ndarray, name: str, out: str, residual_out: str) -> None:
