@@ -22,7 +22,7 @@ from edgekit.exporters.graph_files import save_graphs
 from edgekit.exporters.lowering import lower
 from edgekit.exporters.quantize import QuantConfig, quantize_source
 from edgekit.exporters.sources import Source, choose_builder, open_source, resolve_path, source_tokenizer
-from edgekit.exporters.static_graph import StaticShapes, build_static, static_shapes
+from edgekit.exporters.static_graph import StaticGraph, StaticShapes, static_decoder_graph, static_shapes
 from edgekit.exporters.weights import RecordingSource
 from tokenizers import Tokenizer
 
@@ -56,10 +56,7 @@ class BuiltGraph:
     contract: str = CONTRACT
     builder: str = "native"
     sections: dict[str, Any] = field(default_factory=dict)  # manifest additions (`graph` entries are merged)
-    # Per target name: a graph built for the target rather than lowered from `model` (static shapes), and what
-    # its manifest entry records beside provider and file.
-    target_graphs: dict[str, onnx.ModelProto] = field(default_factory=dict)
-    target_sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    static: dict[str, StaticGraph] = field(default_factory=dict)  # static-shape targets' graphs, by target name
 
 
 def build_graph(source: Source, static: StaticShapes | None = None,
@@ -70,12 +67,9 @@ def build_graph(source: Source, static: StaticShapes | None = None,
     recording = RecordingSource(source)
     model, ops = source.arch.build(recording, progress(range(c.num_layers), "building layers"))
     recipe = replace(getattr(source, "recipe", Recipe()), tensor_formats=recording.formats)
-    built = BuiltGraph(model, recipe, sorted(ops))
-    for t in targets:
-        if t.static_shapes and static is not None:
-            built.target_graphs[t.name] = build_static(source.arch, source, static)
-            built.target_sections[t.name] = {"static": static.to_dict(), "activations": "float"}
-    return built
+    graphs = {t.name: static_decoder_graph(source.arch, source, static) for t in targets
+              if t.static_shapes and static is not None}
+    return BuiltGraph(model, recipe, sorted(ops), static=graphs)
 
 
 def lower_graphs(built: BuiltGraph, targets: tuple[Target, ...]) -> dict[str, onnx.ModelProto]:
@@ -83,8 +77,8 @@ def lower_graphs(built: BuiltGraph, targets: tuple[Target, ...]) -> dict[str, on
     exact = frozenset(built.recipe.fast_exact)
     graphs = {GRAPH_FILE: built.model}
     for t in targets:
-        if t.name in built.target_graphs:
-            graphs[t.graph_file()] = built.target_graphs[t.name]
+        if t.static_shapes:
+            graphs[t.graph_file()] = built.static[t.name].model
         elif t.provider is not None:
             graphs[t.graph_file()] = lower(built.model, t)
             if t.fast_variant:
@@ -92,12 +86,14 @@ def lower_graphs(built: BuiltGraph, targets: tuple[Target, ...]) -> dict[str, on
     return graphs
 
 
-def target_entries(targets: tuple[Target, ...], built: BuiltGraph) -> dict[str, dict[str, Any]]:
-    """The manifest's `graph.targets`: per target, its provider and graph files (and what a graph built for the
-    target records: its static shapes)."""
+def target_entries(targets: tuple[Target, ...], static: dict[str, StaticGraph] | None = None,
+                   ) -> dict[str, dict[str, Any]]:
+    """The manifest's `graph.targets`: per target, its provider and graph files (and a static-shape target's
+    shapes)."""
+    static = static or {}
     return {t.name: {"provider": t.provider, "file": t.graph_file(),
                      **({"fast_file": t.graph_file(fast=True)} if t.fast_variant else {}),
-                     **built.target_sections.get(t.name, {})}
+                     **(static[t.name].entry if t.name in static else {})}
             for t in targets if t.provider is not None}
 
 
@@ -126,6 +122,8 @@ def prepare(src: str, quant: QuantConfig | None = None, targets: tuple[str, ...]
         raise EdgekitError("--static-chunk and --static-context shape a static-shape target's graph: add "
                            "--target qnn")
     if choose_builder(resolve_path(src), builder) == "optimum":
+        if wants_static:
+            raise EdgekitError("--target qnn needs a decoder built by edgekit's native builder", src)
         return _prepare_optimum(src, quant, chosen)
     source = open_source(src)
     static = static_shapes(source.config, static_chunk, static_context, src) if wants_static else None
@@ -172,7 +170,7 @@ def _write_contents(folder: Path, c: PackageContents, extra: dict[str, Any]) -> 
         "graph": {"contract": c.built.contract, "builder": c.built.builder, "file": GRAPH_FILE,
                   "weights": WEIGHTS_FILE, "custom_ops": c.built.custom_ops,
                   "opsets": {o.domain or "ai.onnx": o.version for o in c.built.model.opset_import},
-                  "targets": target_entries(c.targets, c.built), **graph_extra},
+                  "targets": target_entries(c.targets, c.built.static), **graph_extra},
         "tokenizer": {"file": TOKENIZER_FILE, **c.tok_info},
         **generation,
         **sections,

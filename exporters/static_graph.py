@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -64,10 +65,18 @@ def static_shapes(config: ModelConfig, chunk: int | None, context: int | None,
     return StaticShapes(chunk, context)
 
 
-def build_static(arch: Architecture, weights: WeightSource, shapes: StaticShapes) -> onnx.ModelProto:
-    """The static-shape graph of `arch` over `weights` (module docstring)."""
+@dataclass
+class StaticGraph:
+    """A static-shape target's graph and what its manifest entry records beyond provider and file."""
+
+    model: onnx.ModelProto
+    entry: dict[str, Any]
+
+
+def static_decoder_graph(arch: Architecture, weights: WeightSource, shapes: StaticShapes) -> StaticGraph:
+    """The static-shape graph of `arch` over `weights` (module docstring), with its shapes for the manifest."""
     model, _ = arch.build(weights, builder=StaticGraphBuilder(arch.config, shapes))
-    return model
+    return StaticGraph(model, {"static": shapes.to_dict(), "activations": "float"})
 
 
 class StaticGraphBuilder(GraphBuilder):
