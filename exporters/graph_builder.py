@@ -169,10 +169,13 @@ class GraphBuilder:
         self._node(op, [a, b], [out])
         return out
 
+    def constant(self, value: float) -> str:
+        """A float32 scalar initializer, named by its bits (one per value)."""
+        return self.initializer(f"const_{np.float32(value).view(np.uint32):08x}", np.array(value, np.float32))
+
     def scale(self, x: str, factor: float, out: str) -> str:
         """x · factor, the factor a float32 constant (as transformers multiplies in float32)."""
-        c = self.initializer(f"const_{np.float32(factor).view(np.uint32):08x}", np.array(factor, np.float32))
-        return self.binary("Mul", x, c, out)
+        return self.binary("Mul", x, self.constant(factor), out)
 
     def activation(self, kind: str, x: str, out: str) -> str:
         """silu (x·sigmoid(x)) or gelu_tanh (GELU with the tanh approximation, ONNX Gelu-20)."""
@@ -186,8 +189,7 @@ class GraphBuilder:
 
     def softcap(self, x: str, cap: float, out: str) -> str:
         """cap · tanh(x / cap) (Gemma's logit soft-capping; a division, as transformers computes it)."""
-        c = self.initializer(f"const_{np.float32(cap).view(np.uint32):08x}", np.array(cap, np.float32))
-        self.binary("Div", x, c, f"{out}.scaled")
+        self.binary("Div", x, self.constant(cap), f"{out}.scaled")
         self._node("Tanh", [f"{out}.scaled"], [f"{out}.tanh"])
         return self.scale(f"{out}.tanh", cap, out)
 

@@ -98,15 +98,12 @@ class StaticGraphBuilder(GraphBuilder):
         axes = self._const("axes_last", [-1])
         self._node("Abs", [x], [f"{out}.abs"])
         self._node("ReduceMax", [f"{out}.abs", axes], [f"{out}.max"], keepdims=1)
-        self.binary("Max", f"{out}.max", self.initializer("f32_2^-14", np.array(2.0 ** -14, np.float32)),
-                    f"{out}.m")
+        self.binary("Max", f"{out}.max", self.constant(2.0 ** -14), f"{out}.m")
         self.binary("Div", x, f"{out}.m", f"{out}.scaled")
         self.binary("Mul", f"{out}.scaled", f"{out}.scaled", f"{out}.squares")
         self._node("ReduceMean", [f"{out}.squares", axes], [f"{out}.mean"], keepdims=1)
         self.binary("Mul", f"{out}.m", f"{out}.m", f"{out}.m2")
-        eps = self.initializer(f"const_{np.float32(self.config.rms_norm_eps).view(np.uint32):08x}",
-                               np.array(self.config.rms_norm_eps, np.float32))
-        self.binary("Div", eps, f"{out}.m2", f"{out}.eps_scaled")
+        self.binary("Div", self.constant(self.config.rms_norm_eps), f"{out}.m2", f"{out}.eps_scaled")
         self.binary("Add", f"{out}.mean", f"{out}.eps_scaled", f"{out}.mean_eps")
         self._node("Sqrt", [f"{out}.mean_eps"], [f"{out}.rms_scaled"])
         self.binary("Div", f"{out}.scaled", f"{out}.rms_scaled", f"{out}.normed")
