@@ -15,6 +15,7 @@ import click
 from edgekit.errors import EdgekitError
 
 DEVICES = click.Choice(["cpu", "cuda", "qnn", "openvino", "auto"])
+EXECUTION_PROVIDERS = click.Choice(["cpu", "cuda", "qnn", "openvino"])
 
 
 class Interrupted(BaseException):
@@ -89,10 +90,14 @@ def main() -> None:
 @click.option("--target", "targets", multiple=True, default=("cpu",), show_default=True,
               help="Lower the graph at export for: cpu, cuda, qnn (static shapes, for NPUs), portable (repeat for "
                    "several; the portable graph is always written).")
+@click.option("--static-length", type=int, default=None,
+              help="Tokens per text of an encoder's static-shape graph (--target qnn; texts are padded or cut to it) "
+                   "[min(max_seq_length, 128)].")
 @click.option("--static-chunk", type=int, default=None,
-              help="--target qnn: tokens per graph run [64, or the context if less].")
+              help="Tokens per run of a decoder's static-shape graph (--target qnn) [64, or the context if less].")
 @click.option("--static-context", type=int, default=None,
-              help="--target qnn: most tokens a sequence holds (cache slots) [512, or the model's maximum if less].")
+              help="Most tokens a sequence holds in a decoder's static-shape graph (--target qnn) [512, or the "
+                   "model's maximum if less].")
 @click.option("--builder", type=click.Choice(["auto", "native", "optimum"]), default="auto", show_default=True,
               help="How the graph is made: edgekit's own builder, optimum-onnx's exporter, or native where one exists.")
 @click.option("--tune-steps", type=int, default=0,
@@ -101,8 +106,8 @@ def main() -> None:
 @_one_line_errors
 def export(src: str, out: str, draft: str | None, weights: str | None, group_size: int | None, symmetric: bool,
            method: str | None, calib: str | None, act_order: bool | None, plan: str | None,
-           target_bpw: float | None, targets: tuple[str, ...], static_chunk: int | None, static_context: int | None,
-           builder: str, tune_steps: int) -> None:
+           target_bpw: float | None, targets: tuple[str, ...], static_length: int | None, static_chunk: int | None,
+           static_context: int | None, builder: str, tune_steps: int) -> None:
     """Export SRC (a GGUF file, a Hugging Face folder, or `smollm2-135m`) to the package folder OUT."""
     from edgekit.exporters.pipeline import describe
     from edgekit.exporters.pipeline import export as run_export
@@ -111,7 +116,7 @@ def export(src: str, out: str, draft: str | None, weights: str | None, group_siz
     quant = quant_config_from_options(weights, group_size, symmetric, method, calib, act_order, plan, target_bpw,
                                       tune_steps)
     manifest = run_export(src, out, draft=draft, quant=quant, targets=targets, builder=builder,
-                          static_chunk=static_chunk, static_context=static_context)
+                          static_length=static_length, static_chunk=static_chunk, static_context=static_context)
     click.echo(f"wrote {out}: {describe(manifest)}")
 
 
@@ -310,6 +315,8 @@ def _vector_preview(vector: Any) -> str:
 @click.option("--reference", "reference_src", required=True, help="The source the package was exported from.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True,
               help="Where the PyTorch reference runs (auto: CUDA when present).")
+@click.option("--runtime-device", type=DEVICES, default="cpu", show_default=True,
+              help="Where the package runs (as run's --device, CPU fallback included).")
 @click.option("--tokens", type=click.IntRange(1), default=64, show_default=True, help="Greedy tokens compared.")
 @click.option("--text", "text_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Evaluation text for perplexity (default: Python's pydoc topics).")
@@ -325,7 +332,7 @@ def _vector_preview(vector: Any) -> str:
 @click.option("--fast", is_flag=True, help="Validate the fast (int8 activation) mode.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_one_line_errors
-def validate(pkg: str, reference_src: str, device: str, tokens: int, text_file: str | None, min_greedy: int | None,
+def validate(pkg: str, reference_src: str, device: str, runtime_device: str, tokens: int, text_file: str | None, min_greedy: int | None,
              max_ppl_delta: float, min_top1: float, max_kl: float | None, min_mean_cosine: float, min_cosine: float,
              max_abs_error: float | None, fast: bool, as_json: bool) -> None:
     """Compare PKG's runtime with the PyTorch reference; exit 1 when a threshold fails.
@@ -334,7 +341,7 @@ def validate(pkg: str, reference_src: str, device: str, tokens: int, text_file: 
     cosine similarity per sentence on a built-in set of 126 varied sentences (or --text, one per line)."""
     from edgekit.runtime import Encoder, load
 
-    model = load(pkg, fast=fast)
+    model = load(pkg, device=runtime_device, fast=fast)
     text = Path(text_file).read_text(encoding="utf-8") if text_file else None
     if isinstance(model, Encoder):
         from edgekit.exporters.encoder_reference import TorchEncoderReference
@@ -453,15 +460,33 @@ def bench(pkg: str, prompt_lengths: str, new_tokens: int, rounds: int, device: s
 
 @main.command()
 @click.argument("pkg")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--ep", type=EXECUTION_PROVIDERS, default=None,
+              help="Instead: how many of the graph's nodes this execution provider runs, per op type, and which "
+                   "fall back to the CPU (creates one session).")
+@click.option("--require-full", is_flag=True, help="With --ep: exit 1 when any node falls back.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary (or the coverage) as JSON.")
 @_one_line_errors
-def inspect(pkg: str, as_json: bool) -> None:
+def inspect(pkg: str, ep: str | None, require_full: bool, as_json: bool) -> None:
     """Summarize PKG from its manifest alone (source, architecture, recipe, formats per layer, files, graph,
-    targets, tokenizer, draft); loads no graph."""
-    from edgekit.manifest_summary import summarize, summary_table
+    targets, tokenizer, draft); loads no graph. With --ep: the graph's coverage on that provider, read from
+    onnxruntime's own partitioning (the graph lowered for it, else the portable graph)."""
+    if ep is None:
+        if require_full:
+            raise EdgekitError("--require-full needs --ep (the execution provider that must run every node)")
+        from edgekit.manifest_summary import summarize, summary_table
 
-    summary = summarize(pkg)
-    click.echo(json.dumps(summary, indent=2) if as_json else summary_table(summary))
+        summary = summarize(pkg)
+        click.echo(json.dumps(summary, indent=2) if as_json else summary_table(summary))
+        return
+    from edgekit.runtime.coverage import package_coverage
+
+    graph, coverage = package_coverage(pkg, ep)
+    if as_json:
+        click.echo(json.dumps({"package": pkg, "graph": graph.name, **coverage.to_dict()}, indent=2))
+    else:
+        click.echo(f"graph: {graph.name}\n{coverage.table()}")
+    if require_full and not coverage.full:
+        sys.exit(1)
 
 
 @main.command()

@@ -3,8 +3,10 @@
 A package always holds the portable graph (edgekit ops with their standard-ONNX function bodies: any
 ONNX runtime runs it). `edgekit export --target` adds graphs lowered once, at export, to the native
 kernels of an execution provider, so the device loads a ready graph with onnxruntime alone. A target
-may have a fast variant (int8 activations, opt-in at run time). The exporter's rules per target live in
-edgekit.exporters.lowering; this module is what both sides share: names, providers, graph files.
+may have a fast variant (int8 activations, opt-in at run time). A static-shape target (an NPU's) is not
+lowered from edgekit ops: its graph is made at export from the model's float graph, fixed shapes and the
+NPU's own fixed-point weights (edgekit.exporters.qnn_graph for the `qnn` target). The exporter's rules per
+target live in edgekit.exporters.lowering; this module is what both sides share: names, providers, graph files.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     # The CPU kernels take 2-, 4- and 8-bit codes; int8 activations (accuracy_level 4) are a CPU feature.
     Target("cpu", "CPUExecutionProvider", _NBITS, _NBITS_RULES, frozenset({2, 4, 8}), fast_variant=True),
     Target("cuda", "CUDAExecutionProvider", _NBITS, _NBITS_RULES, frozenset({4})),
-    # NPUs (Qualcomm HTP): a graph built with static shapes and standard ops, not lowered (exporters.static_graph).
+    # Qualcomm's HTP (NPU) runs static shapes and standard ops: QDQ encoders (exporters.qnn_graph) and native
+    # decoders with float activations (exporters.static_graph).
     Target("qnn", "QNNExecutionProvider", static_shapes=True),
 )}
 DEFAULT_TARGETS = ("cpu",)

@@ -118,12 +118,23 @@ class _Lowering:
         axes = self.const("axes_last", np.array([-1], np.int64))
         return self.once(f"{x}.padded_{block}", lambda out: self.emit("Pad", [x, pads, "", axes], [out]))
 
+    def last_axis_as(self, x: str, tail: tuple[int, ...]) -> str:
+        """The shape of x with its last axis replaced by `tail` (-1 allowed), for inputs of any rank (a decoder's
+        [1, S, K], a GPT-2 Gemm's [S, K]); computed once per (input, tail)."""
+        def build(out: str) -> None:
+            self.emit("Shape", [x], [f"{out}.shape"])
+            self.emit("Slice", [f"{out}.shape", self.const("start_0", np.array([0], np.int64)),
+                                self.const("end_last", np.array([-1], np.int64))], [f"{out}.lead"])
+            self.emit("Concat", [f"{out}.lead", self.const("tail_" + "_".join(map(str, tail)),
+                                                            np.array(tail, np.int64))], [out], axis=0)
+        return self.once(f"{x}.shape_last_{'_'.join(map(str, tail))}", build)
+
     def block_sum(self, x: str, k: int, block: int) -> str:
         """Σ x over each block of K, [.., ceil(K / block)]; computed once per (input, block size)."""
         def build(out: str) -> None:
-            shape = self.const(f"shape_blocks_{block}", np.array([0, 0, -1, block], np.int64))
+            whole = self.padded(x, k, block)
             axes = self.const("axes_last", np.array([-1], np.int64))
-            self.emit("Reshape", [self.padded(x, k, block), shape], [f"{out}.blocks"])
+            self.emit("Reshape", [whole, self.last_axis_as(whole, (-1, block))], [f"{out}.blocks"])
             self.emit("ReduceSum", [f"{out}.blocks", axes], [out], keepdims=0)
         return self.once(f"{x}.block_sums_{block}", build)
 
@@ -237,8 +248,7 @@ class _Lowering:
             self.emit("Unsqueeze", [whole, last], [f"{out}.low"])
             self.emit("Unsqueeze", [f"{out}.x16", last], [f"{out}.high"])
             self.emit("Concat", [f"{out}.low", f"{out}.high"], [f"{out}.pairs"], axis=-1)
-            self.emit("Reshape", [f"{out}.pairs", self.const("shape_flat_last", np.array([0, 0, -1], np.int64))],
-                      [out])
+            self.emit("Reshape", [f"{out}.pairs", self.last_axis_as(whole, (-1,))], [out])
 
         nibbles = self.once(f"{whole}.nibbles", interleave)
         out = node.output[0]

@@ -42,8 +42,8 @@ CALIBRATION_SENTENCES = 1024  # an encoder's GPTQ inputs, one forward pass each
 
 
 class OptimumBuild:
-    """One optimum export of a Hugging Face folder: `graph` (float, or low-bit after `quantize`), `config`,
-    `contract`, and the manifest sections it adds (`extra`)."""
+    """One optimum export of a Hugging Face folder: `graph` (float, or low-bit after `quantize`), `float_graph`,
+    `config`, `contract`, and the manifest sections it adds (`manifest_sections`)."""
 
     kind = "hf"
 
@@ -53,6 +53,7 @@ class OptimumBuild:
         self.contract = CONCAT_KV_CONTRACT if self.task == DECODER_TASK else EMBEDDING_CONTRACT
         self.sentence = None if self.task == DECODER_TASK else read_sentence_config(path)
         self.graph = optimum_graph(path, self.task)
+        self.float_graph = self.graph  # kept for static-shape targets (exporters.qnn_graph); quantize() copies
         self.config = model_config(path, self.graph, self.task)
         self.sites = weight_sites(self.graph, self.config.vocab_size)
         floats = [t for t in self.graph.graph.initializer if t.data_type == onnx.TensorProto.FLOAT]
@@ -101,7 +102,7 @@ class OptimumBuild:
                         formats: dict[str, GridFormat], quant: QuantConfig) -> dict[str, GridFormat]:
         """--target-bpw: formats for the matrices no rule pinned, from each one's measured cost."""
         from edgekit.exporters.optimum_sensitivity import measure_sites
-        from edgekit.exporters.quantize.allocation import allocate
+        from edgekit.exporters.quantize.allocation import Unit, allocate
 
         matrices = [s for s in sites if s.kind != "gather"]
         free = [s for s in matrices if s.name not in formats]
@@ -111,15 +112,15 @@ class OptimumBuild:
         narrowest = min((s.weight.shape[1] for s in free), default=0)
         decoder = self.sentence is None
 
-        def chosen(candidates: list[GridFormat]) -> dict[tuple[str, ...], GridFormat]:
-            usable = [f for f in candidates if f.group_size <= narrowest]
-            return allocate(measure_sites(model, rows, free, usable, decoder), quant.target_bpw, fixed_bits,
-                            fixed_weights)
+        def measure(candidates: list[GridFormat]) -> list[Unit]:
+            return measure_sites(model, rows, free, [f for f in candidates if f.group_size <= narrowest], decoder)
 
+        units = measure(quant.candidates())
         try:
-            plan = chosen(quant.candidates())
-        except EdgekitError:
-            plan = chosen(quant.candidates() + quant.last_resort())
+            plan = allocate(units, quant.target_bpw, fixed_bits, fixed_weights)
+        except EdgekitError:  # below what 3 bits take: 2-bit formats as a last resort, as for native exports
+            units = [replace(u, costs={**u.costs, **more.costs}) for u, more in zip(units, measure(quant.last_resort()))]
+            plan = allocate(units, quant.target_bpw, fixed_bits, fixed_weights)
         return {**formats, **{names[0]: fmt for names, fmt in plan.items()}}
 
     def finish(self) -> onnx.ModelProto:

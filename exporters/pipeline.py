@@ -89,7 +89,7 @@ def lower_graphs(built: BuiltGraph, targets: tuple[Target, ...]) -> dict[str, on
 def target_entries(targets: tuple[Target, ...], static: dict[str, StaticGraph] | None = None,
                    ) -> dict[str, dict[str, Any]]:
     """The manifest's `graph.targets`: per target, its provider and graph files (and a static-shape target's
-    shapes)."""
+    shapes, quantization and calibration)."""
     static = static or {}
     return {t.name: {"provider": t.provider, "file": t.graph_file(),
                      **({"fast_file": t.graph_file(fast=True)} if t.fast_variant else {}),
@@ -110,42 +110,69 @@ class PackageContents:
 
 
 def prepare(src: str, quant: QuantConfig | None = None, targets: tuple[str, ...] = DEFAULT_TARGETS,
-            builder: str = "auto", static_chunk: int | None = None,
+            builder: str = "auto", static_length: int | None = None, static_chunk: int | None = None,
             static_context: int | None = None) -> PackageContents:
     """Stages 1 and 2 for SRC: open and check the source, quantize it if `quant` says so, build its graph; the
     package will carry graphs lowered for `targets` (names from edgekit.targets). `builder`: native, optimum,
-    or auto (native where edgekit has a builder for the architecture, else optimum). `static_chunk`,
-    `static_context`: the shapes of a static-shape target's graph (exporters.static_graph; None: defaults)."""
+    or auto (native where edgekit has a builder for the architecture, else optimum). Static-shape targets'
+    graphs: an encoder's `static_length` tokens per text (exporters.qnn_graph), a native decoder's
+    `static_chunk` tokens per run over `static_context` cache slots (exporters.static_graph); None: defaults."""
     chosen = tuple(target(t) for t in dict.fromkeys(targets))
-    wants_static = any(t.static_shapes for t in chosen)
-    if not wants_static and (static_chunk, static_context) != (None, None):
-        raise EdgekitError("--static-chunk and --static-context shape a static-shape target's graph: add "
-                           "--target qnn")
+    static = [t.name for t in chosen if t.static_shapes]
+    if not static and (static_length, static_chunk, static_context) != (None, None, None):
+        raise EdgekitError("--static-length, --static-chunk and --static-context are for static-shape targets "
+                           "(--target qnn)")
     if choose_builder(resolve_path(src), builder) == "optimum":
-        if wants_static:
-            raise EdgekitError("--target qnn needs a decoder built by edgekit's native builder", src)
-        return _prepare_optimum(src, quant, chosen)
+        if (static_chunk, static_context) != (None, None):
+            raise EdgekitError("--static-chunk and --static-context shape a native decoder's static graph "
+                               "(an encoder's takes --static-length)", src)
+        return _prepare_optimum(src, quant, chosen, static_length)
+    if static_length is not None:
+        raise EdgekitError("--static-length is for encoders (a decoder's static graph takes --static-chunk and "
+                           "--static-context)", src)
     source = open_source(src)
-    static = static_shapes(source.config, static_chunk, static_context, src) if wants_static else None
+    shapes = static_shapes(source.config, static_chunk, static_context, src) if static else None
     tokenizer, tok_info = source_tokenizer(source)
     if quant is not None:
         source = quantize_source(source, quant, tokenizer)
-    return PackageContents(source, build_graph(source, static, chosen), tokenizer, tok_info, src, chosen)
+    return PackageContents(source, build_graph(source, shapes, chosen), tokenizer, tok_info, src, chosen)
 
 
-def _prepare_optimum(src: str, quant: QuantConfig | None, targets: tuple[Target, ...]) -> PackageContents:
-    """prepare() through optimum's exporter (exporters.optimum_build)."""
+def _prepare_optimum(src: str, quant: QuantConfig | None, targets: tuple[Target, ...],
+                     static_length: int | None) -> PackageContents:
+    """prepare() through optimum's exporter (exporters.optimum_build); static-shape targets' graphs are made from
+    its float graph (exporters.qnn_graph)."""
     from edgekit.exporters.hf_source import hf_tokenizer
     from edgekit.exporters.optimum_build import OptimumBuild
 
     path = resolve_path(src)
     tokenizer, tok_info = hf_tokenizer(path)
     build = OptimumBuild(path)
+    static = _static_graphs(build, targets, tokenizer, quant, static_length)
     if quant is not None:
         build.quantize(quant, tokenizer)
     built = BuiltGraph(build.finish(), build.recipe, build.custom_ops, build.contract, "optimum",
-                       build.manifest_sections())
+                       build.manifest_sections(), static)
     return PackageContents(build, built, tokenizer, tok_info, src, targets)
+
+
+def _static_graphs(build: Any, targets: tuple[Target, ...], tokenizer: Tokenizer, quant: QuantConfig | None,
+                   length: int | None) -> dict[str, StaticGraph]:
+    """Static-shape targets' graphs, made from the build's float graph (exporters.qnn_graph), by target name."""
+    static = [t for t in targets if t.static_shapes]
+    if not static:
+        return {}
+    if build.sentence is None:
+        raise _needs_encoder(static[0].name, build.path)
+    from edgekit.exporters.qnn_graph import qnn_encoder_graph, static_length
+
+    checked = static_length(build, length)
+    return {t.name: qnn_encoder_graph(build, t, tokenizer, quant, checked) for t in static}
+
+
+def _needs_encoder(name: str, src: str | Path) -> EdgekitError:
+    return EdgekitError(f"--target {name} needs a sentence-embedding encoder or a decoder built by edgekit's native "
+                        "builder (optimum's decoders have no static graph yet)", src)
 
 
 def _write_contents(folder: Path, c: PackageContents, extra: dict[str, Any]) -> Manifest:
@@ -232,8 +259,8 @@ def write_package(main: PackageContents, out: Path, draft: PackageContents | Non
 
 
 def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConfig | None = None,
-           targets: tuple[str, ...] = DEFAULT_TARGETS, builder: str = "auto", static_chunk: int | None = None,
-           static_context: int | None = None) -> Manifest:
+           targets: tuple[str, ...] = DEFAULT_TARGETS, builder: str = "auto", static_length: int | None = None,
+           static_chunk: int | None = None, static_context: int | None = None) -> Manifest:
     """SRC (GGUF file, HF folder or built-in name) -> edgekit package folder `out`.
 
     `quant`: quantize the weights on export (exporters.quantize); None keeps them as the source has them.
@@ -243,8 +270,8 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
 
     `targets`: names from edgekit.targets; each adds graph(s) lowered for its execution provider.
 
-    `builder`: how the graph is made (prepare()); `static_chunk`, `static_context`: a static-shape target's
-    shapes (prepare()).
+    `builder`: how the graph is made (prepare()); `static_length`, `static_chunk`, `static_context`: static-shape
+    targets' shapes (prepare()).
     """
     if Path(out).exists():
         raise EdgekitError("output already exists (remove it or choose another -o)", out)
@@ -252,7 +279,7 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
     if draft is not None and static:
         raise EdgekitError(f"--draft needs dynamic shapes (speculative passes of varying length): not with "
                            f"--target {static[0]}")
-    main = prepare(src, quant, targets, builder, static_chunk, static_context)
+    main = prepare(src, quant, targets, builder, static_length, static_chunk, static_context)
     if draft is not None and main.built.builder != "native":
         raise EdgekitError("--draft needs a decoder built by edgekit's native builder (this one came from optimum)",
                            src)

@@ -20,9 +20,11 @@ from edgekit.package import POOLING_MODES
 HIDDEN = "last_hidden_state"
 
 
-def append_pooling(model: onnx.ModelProto, pooling: str, normalize: bool) -> onnx.ModelProto:
+def append_pooling(model: onnx.ModelProto, pooling: str, normalize: bool, lp_norm: bool = False) -> onnx.ModelProto:
     """`model` (inputs `attention_mask`, output `last_hidden_state` [batch, seq, dim]) with one output instead:
-    `sentence_embedding` float32 [batch, dim]."""
+    `sentence_embedding` float32 [batch, dim]. `lp_norm`: normalize with ONNX's LpNormalization (x / ||x||, no
+    floor: the same for every nonzero vector), for Qualcomm's HTP, which fails to finalize the floor's Max once
+    quantized (QNN_COMMON_ERROR_MEM_ALLOC, measured)."""
     if pooling not in POOLING_MODES:
         raise ValueError(f"unknown pooling mode {pooling!r}")
     g = model.graph
@@ -60,7 +62,9 @@ def append_pooling(model: onnx.ModelProto, pooling: str, normalize: bool) -> onn
         # [b, 1, 1] expanded to [b, s, dim], then cut to [b, 1, dim]: GatherElements' index along the sequence
         index = node("Slice", [index, c["start"], c["stop"], c["axis1"]], "pool.index1")
         node("Squeeze", [node("GatherElements", [HIDDEN, index], "pool.gathered", axis=1), c["axis1"]], pooled)
-    if normalize:
+    if normalize and lp_norm:
+        node("LpNormalization", [pooled], OUTPUT, axis=-1, p=2)
+    elif normalize:
         norm = node("Max", [node("ReduceL2", [pooled, c["axis_last"]], "pool.norm0", keepdims=1), c["eps"]],
                     "pool.norm")
         node("Div", [pooled, norm], OUTPUT)

@@ -20,6 +20,8 @@ from typing import Generic, TypeVar
 
 import numpy as np
 import onnxruntime as ort
+from edgekit.runtime.coverage import report_coverage
+from edgekit.runtime.providers import create_session
 
 from edgekit.errors import EdgekitError, first_line
 
@@ -42,9 +44,11 @@ def make_session(graph: Path, settings: SessionSettings) -> ort.InferenceSession
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.spinning else "0")
     so.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(graph), so, providers=[settings.provider])
+        session = create_session(graph, so, settings.provider)
     except Exception as exc:  # onnxruntime raises its own exception types, with multi-line messages
         raise EdgekitError(f"corrupt package: onnxruntime cannot load this graph ({first_line(exc)})", graph) from exc
+    report_coverage(graph, settings.provider)
+    return session
 
 
 @contextmanager

@@ -22,7 +22,13 @@ from edgekit.runtime.decoder import Decoder, SequenceCaches, SessionSettings, St
 from edgekit.runtime.decoding import MAX_DRAFT, DecodeStats, decode
 from edgekit.runtime.draft_policy import CostAwareLength, PassCosts
 from edgekit.runtime.drafters import Drafter, ModelDrafter, NgramDrafter
-from edgekit.runtime.loader import graph_path, load_manifest, portable_graph_path, require_kind, static_shapes
+from edgekit.runtime.loader import (
+    graph_path,
+    load_manifest,
+    portable_graph_path,
+    require_kind,
+    target_graph_path,
+)
 from edgekit.runtime.providers import select_provider
 from edgekit.runtime.sampling import SamplingParams, check_int
 from edgekit.runtime.static_decoder import StaticDecoder
@@ -30,6 +36,8 @@ from edgekit.runtime.text import StreamDecoder, TextCodec
 
 from edgekit.errors import EdgekitError
 from edgekit.package import CONCAT_KV_CONTRACT, CONTRACT, Manifest, package_file, package_path
+from edgekit.targets import target as named_target
+from edgekit.targets import target_for_provider
 
 DEFAULT_MAX_LENGTH = 2048
 DRAFT_POLICIES = ("cost", "all")
@@ -178,7 +186,7 @@ class Model:
         self.manifest, self._session, self._wide_session, self.max_length = self._open(
             self.path, verify, max_length, threads, spinning and not draft, float_passes)
         self.config = self.manifest.model
-        self._static = static_shapes(self.manifest, self.provider, target) is not None
+        self._static = self._static_shapes(self.manifest) is not None
         self.codec = TextCodec(package_file(self.path, self.manifest, self.manifest.tokenizer["file"]),
                                self.manifest.tokenizer)
         self._draft_session: ort.InferenceSession | None = None
@@ -211,7 +219,7 @@ class Model:
             raise EdgekitError("float_passes needs a decoder built by edgekit's native builder (its cache buffers "
                                "are shared by two sessions)", folder)
         config = manifest.model
-        static = static_shapes(manifest, self.provider, self.target)
+        static = self._static_shapes(manifest)
         if static and float_passes:
             raise EdgekitError("float_passes needs a graph with dynamic shapes, not the static one", folder)
         limit = static["context"] if static else config.max_position_embeddings
@@ -220,8 +228,14 @@ class Model:
         # The portable graph's dequantization bodies fold into float32 weights at session creation.
         wide = make_session(portable_graph_path(folder, manifest), replace(settings, spinning=False)) \
             if float_passes else None
-        session = make_session(graph_path(folder, manifest, self.provider, self.fast, self.target), settings)
-        return manifest, session, wide, length
+        graph = (graph_path(folder, manifest, self.provider, self.fast) if self.target is None
+                 else target_graph_path(folder, manifest, named_target(self.target), self.fast))
+        return manifest, make_session(graph, settings), wide, length
+
+    def _static_shapes(self, manifest: Manifest) -> dict[str, int] | None:
+        """{chunk, context} when the graph this model runs has static shapes (runtime.static_decoder), else None."""
+        chosen = target_for_provider(self.provider) if self.target is None else named_target(self.target)
+        return manifest.data["graph"].get("targets", {}).get(chosen.name, {}).get("static")
 
     def _direct_caches(self) -> SequenceCaches:
         if self._direct is None:

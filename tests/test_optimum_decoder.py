@@ -38,8 +38,9 @@ def packages(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path]) 
     for arch, folder in models.items():
         export(str(folder), root / arch)
         out[arch] = root / arch
-    export(str(models["gpt2"]), root / "gpt2-int4", quant=quant_config_from_options("int4", 32))
-    out["gpt2-int4"] = root / "gpt2-int4"
+    for bits in ("int4", "int8"):
+        export(str(models["gpt2"]), root / f"gpt2-{bits}", quant=quant_config_from_options(bits, 32))
+        out[f"gpt2-{bits}"] = root / f"gpt2-{bits}"
     return out
 
 
@@ -82,13 +83,16 @@ def _fake_quantized(folder: Path, package: Path) -> TorchReference:
     return reference
 
 
-def test_int4_package_computes_what_its_weights_say(models: dict[str, Path], packages: dict[str, Path]) -> None:
-    """int4 through optimum: the package equals PyTorch running the same dequantized weights, token for token."""
-    manifest = json.loads((packages["gpt2-int4"] / "manifest.json").read_text())
-    assert set(manifest["recipe"]["summary"]) == {"int4g32", "int8g32"}
-    assert {"MatMulBlockQ4", "GatherBlockQ8"} <= set(manifest["graph"]["custom_ops"])
-    reference = _fake_quantized(models["gpt2"], packages["gpt2-int4"])
-    model = load(packages["gpt2-int4"])
+@pytest.mark.parametrize("bits", ["int4", "int8"])
+def test_low_bit_package_computes_what_its_weights_say(bits: str, models: dict[str, Path],
+                                                       packages: dict[str, Path]) -> None:
+    """Low-bit through optimum (GPT-2's Conv1D weights are Gemm nodes on 2-D inputs): the package equals PyTorch
+    running the same dequantized weights, token for token."""
+    manifest = json.loads((packages[f"gpt2-{bits}"] / "manifest.json").read_text())
+    assert set(manifest["recipe"]["summary"]) == {f"{bits}g32", "int8g32"}
+    assert {f"MatMulBlockQ{bits[3:]}", "GatherBlockQ8"} <= set(manifest["graph"]["custom_ops"])
+    reference = _fake_quantized(models["gpt2"], packages[f"gpt2-{bits}"])
+    model = load(packages[f"gpt2-{bits}"])
     for prompt in PROMPTS:
         ids = model.encode(prompt)
         assert list(model.generate_ids(ids, GREEDY)) == reference.greedy(ids, 32)

@@ -4,6 +4,7 @@ chunking, rollback, a full context, and the export options it takes."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,7 @@ def test_context_full_is_one_error(models: tuple[Model, Model]) -> None:
 
 
 def test_no_static_graph_is_one_error(tiny_gguf_pkg: Path) -> None:
-    with pytest.raises(EdgekitError, match="no graph for target 'qnn' .*export with --target qnn"):
+    with pytest.raises(EdgekitError, match=r"this package has no qnn graph \(export with --target qnn\)"):
         Model(tiny_gguf_pkg, target="qnn")
 
 
@@ -107,7 +108,7 @@ def test_no_static_graph_is_one_error(tiny_gguf_pkg: Path) -> None:
     (["--target", "qnn", "--static-context", "1000"], "--static-context 1000 is more than the model's 256 positions"),
     (["--target", "qnn", "--static-chunk", "0"], "must be at least 1"),
     (["--target", "qnn", "--draft", "auto"], "--draft needs dynamic shapes"),
-    (["--static-chunk", "8"], "add --target qnn"),
+    (["--static-chunk", "8"], "are for static-shape targets (--target qnn)"),
 ])
 def test_bad_static_options_are_one_line(tmp_path: Path, tiny_gguf_file: Path, args: list[str], message: str) -> None:
     out = tmp_path / "pkg"
@@ -126,26 +127,16 @@ def test_default_shapes_fit_the_model(tmp_path: Path, tiny_gguf_file: Path) -> N
     assert static_shapes(config, None, 32).to_dict() == {"chunk": 32, "context": 32}
 
 
-def test_runs_wholly_on_the_qnn_htp_simulator(static_pkg: Path) -> None:
-    """With CPU fallback disabled the session only opens if the QNN EP takes every node (float16 on the HTP
-    simulator of onnxruntime-qnn, x86 Linux): the chunks' logits then agree with the CPU's to float16 precision."""
-    qnn = pytest.importorskip("onnxruntime_qnn")
-    import onnxruntime as ort
-    from edgekit.runtime.static_decoder import StaticDecoder
-
-    if "QNNExecutionProvider" not in {d.ep_name for d in ort.get_ep_devices()}:
-        ort.register_execution_provider_library("QNNExecutionProvider", qnn.get_library_path())
-    devices = [d for d in ort.get_ep_devices() if d.ep_name == "QNNExecutionProvider"]
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    options.add_provider_for_devices(devices[:1], {"backend_path": qnn.get_qnn_htp_path(), "soc_model": "60",
-                                                   "htp_arch": "75", "enable_htp_fp16_precision": "1"})
-    graph = str(static_pkg / "model.qnn.onnx")
-    ids = list(range(5, 5 + 2 * CHUNK + 3))
-    npu = StaticDecoder(ort.InferenceSession(graph, options), CONTEXT).forward(ids, len(ids))
-    cpu = StaticDecoder(ort.InferenceSession(graph, providers=["CPUExecutionProvider"]), CONTEXT).forward(ids, len(ids))
-    assert np.abs(npu - cpu).max() < 0.05 * np.abs(cpu).max()
-    assert (npu.argmax(-1) == cpu.argmax(-1)).all()
+def test_runs_wholly_on_the_qnn_htp_simulator(static_pkg: Path, models: tuple[Model, Model],
+                                              capfd: pytest.CaptureFixture) -> None:
+    """`device="qnn"` runs the static graph on QNN's HTP simulator (onnxruntime-qnn, x86 Linux; float16): every
+    node on the NPU, the same greedy tokens as the static graph on the CPU."""
+    pytest.importorskip("onnxruntime_qnn")
+    npu = Model(static_pkg, device="qnn")
+    assert npu.provider == "QNNExecutionProvider"
+    assert re.search(r"QNN \(HTP\): (\d+) of \1 nodes on the NPU", capfd.readouterr().err)
+    ids = models[1].encode(PROMPTS[2])  # several chunks
+    assert list(npu.generate_ids(ids, max_new_tokens=8)) == list(models[1].generate_ids(ids, max_new_tokens=8))
 
 
 @pytest.mark.parametrize(("arch", "chunk", "context"), [("qwen2", 8, 64), ("qwen3", 8, 64), ("gemma3_text", 4, 8)])
