@@ -88,11 +88,16 @@ def main() -> None:
 @click.option("--target-bpw", type=float, default=None,
               help="Bits per projection weight to reach, formats chosen per layer by measured sensitivity.")
 @click.option("--target", "targets", multiple=True, default=("cpu",), show_default=True,
-              help="Lower the graph at export for: cpu, cuda, qnn, portable (repeat for several; the portable graph is "
-                   "always written).")
+              help="Lower the graph at export for: cpu, cuda, qnn (static shapes, for NPUs), portable (repeat for "
+                   "several; the portable graph is always written).")
 @click.option("--static-length", type=int, default=None,
-              help="Tokens per text of static-shape graphs (--target qnn; texts are padded or cut to it) "
+              help="Tokens per text of an encoder's static-shape graph (--target qnn; texts are padded or cut to it) "
                    "[min(max_seq_length, 128)].")
+@click.option("--static-chunk", type=int, default=None,
+              help="Tokens per run of a decoder's static-shape graph (--target qnn) [64, or the context if less].")
+@click.option("--static-context", type=int, default=None,
+              help="Most tokens a sequence holds in a decoder's static-shape graph (--target qnn) [512, or the "
+                   "model's maximum if less].")
 @click.option("--builder", type=click.Choice(["auto", "native", "optimum"]), default="auto", show_default=True,
               help="How the graph is made: edgekit's own builder, optimum-onnx's exporter, or native where one exists.")
 @click.option("--tune-steps", type=int, default=0,
@@ -101,8 +106,8 @@ def main() -> None:
 @_one_line_errors
 def export(src: str, out: str, draft: str | None, weights: str | None, group_size: int | None, symmetric: bool,
            method: str | None, calib: str | None, act_order: bool | None, plan: str | None,
-           target_bpw: float | None, targets: tuple[str, ...], static_length: int | None, builder: str,
-           tune_steps: int) -> None:
+           target_bpw: float | None, targets: tuple[str, ...], static_length: int | None, static_chunk: int | None,
+           static_context: int | None, builder: str, tune_steps: int) -> None:
     """Export SRC (a GGUF file, a Hugging Face folder, or `smollm2-135m`) to the package folder OUT."""
     from edgekit.exporters.pipeline import describe
     from edgekit.exporters.pipeline import export as run_export
@@ -111,7 +116,7 @@ def export(src: str, out: str, draft: str | None, weights: str | None, group_siz
     quant = quant_config_from_options(weights, group_size, symmetric, method, calib, act_order, plan, target_bpw,
                                       tune_steps)
     manifest = run_export(src, out, draft=draft, quant=quant, targets=targets, builder=builder,
-                          static_length=static_length)
+                          static_length=static_length, static_chunk=static_chunk, static_context=static_context)
     click.echo(f"wrote {out}: {describe(manifest)}")
 
 

@@ -131,10 +131,18 @@ def _check_manifest(folder: Path, manifest: Manifest, path: Path) -> None:
     targets = graph.get("targets", {})
     expect(isinstance(targets, dict) and all(isinstance(t, dict) for t in targets.values()),
            "graph.targets is not an object of targets")
-    for name, t in targets.items():  # a static-shape target's fixed input shape (edgekit.runtime.encoder pads to it)
-        static = t.get("static", {"batch": 1, "sequence": 1})
-        expect(isinstance(static, dict) and static.get("batch") == 1 and _is_int(static.get("sequence"))
-               and 0 < static["sequence"] < 1 << 31, f"graph.targets.{name}.static is not {{batch: 1, sequence: N}}")
+    for name, t in targets.items():  # a static-shape target's fixed shapes (runtime.encoder pads to them,
+        # runtime.static_decoder runs chunks of them)
+        static = t.get("static")
+        if static is None:
+            continue
+        if contract == EMBEDDING_CONTRACT:
+            expect(isinstance(static, dict) and static.get("batch") == 1 and _is_int(static.get("sequence"))
+                   and 0 < static["sequence"] < 1 << 31, f"graph.targets.{name}.static is not {{batch: 1, sequence: N}}")
+        else:
+            expect(isinstance(static, dict) and _is_int(static.get("chunk")) and _is_int(static.get("context"))
+                   and 0 < static["chunk"] <= static["context"] < 1 << 31,
+                   f"graph.targets.{name}.static is not {{chunk, context}} with 0 < chunk <= context")
     named = [graph.get("file"), tok.get("file"), *(t.get("file") for t in targets.values()),
              *(t["fast_file"] for t in targets.values() if "fast_file" in t)]
     for rel in named:

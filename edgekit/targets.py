@@ -43,7 +43,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     # The CPU kernels take 2-, 4- and 8-bit codes; int8 activations (accuracy_level 4) are a CPU feature.
     Target("cpu", "CPUExecutionProvider", _NBITS, _NBITS_RULES, frozenset({2, 4, 8}), fast_variant=True),
     Target("cuda", "CUDAExecutionProvider", _NBITS, _NBITS_RULES, frozenset({4})),
-    # Qualcomm's HTP (NPU) runs QDQ graphs with static shapes only: sentence-embedding encoders for now.
+    # Qualcomm's HTP (NPU) runs static shapes and standard ops: QDQ encoders (exporters.qnn_graph) and native
+    # decoders with float activations (exporters.static_graph).
     Target("qnn", "QNNExecutionProvider", static_shapes=True),
 )}
 DEFAULT_TARGETS = ("cpu",)

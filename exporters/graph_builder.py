@@ -120,11 +120,15 @@ class GraphBuilder:
         """The output layer reading the embedding's own initializers (stored once)."""
         if isinstance(w, BlockQuantWeight):
             return self.linear(x, "embed", w, out)
-        # Gemm with transB reads the [V, H] table in place; MatMul would need a transposed copy.
+        return self.table_head(x, "embed.weight", w.shape[0], out)
+
+    def table_head(self, x: str, table: str, vocab: int, out: str) -> str:
+        """x · tableᵀ for a float32 [vocab, H] table: Gemm with transB reads it in place, where MatMul would need
+        a transposed copy."""
         h = self.config.hidden_size
         self._node("Reshape", [x, self.initializer("shape_2d", np.array([-1, h], np.int64))], [f"{out}_2d_in"])
-        self._node("Gemm", [f"{out}_2d_in", "embed.weight"], [f"{out}_2d"], transB=1)
-        self._node("Reshape", [f"{out}_2d", self.initializer("shape_logits", np.array([1, -1, w.shape[0]], np.int64))],
+        self._node("Gemm", [f"{out}_2d_in", table], [f"{out}_2d"], transB=1)
+        self._node("Reshape", [f"{out}_2d", self.initializer("shape_logits", np.array([1, -1, vocab], np.int64))],
                    [out])
         return out
 
@@ -165,10 +169,13 @@ class GraphBuilder:
         self._node(op, [a, b], [out])
         return out
 
+    def constant(self, value: float) -> str:
+        """A float32 scalar initializer, named by its bits (one per value)."""
+        return self.initializer(f"const_{np.float32(value).view(np.uint32):08x}", np.array(value, np.float32))
+
     def scale(self, x: str, factor: float, out: str) -> str:
         """x · factor, the factor a float32 constant (as transformers multiplies in float32)."""
-        c = self.initializer(f"const_{np.float32(factor).view(np.uint32):08x}", np.array(factor, np.float32))
-        return self.binary("Mul", x, c, out)
+        return self.binary("Mul", x, self.constant(factor), out)
 
     def activation(self, kind: str, x: str, out: str) -> str:
         """silu (x·sigmoid(x)) or gelu_tanh (GELU with the tanh approximation, ONNX Gelu-20)."""
@@ -182,8 +189,7 @@ class GraphBuilder:
 
     def softcap(self, x: str, cap: float, out: str) -> str:
         """cap · tanh(x / cap) (Gemma's logit soft-capping; a division, as transformers computes it)."""
-        c = self.initializer(f"const_{np.float32(cap).view(np.uint32):08x}", np.array(cap, np.float32))
-        self.binary("Div", x, c, f"{out}.scaled")
+        self.binary("Div", x, self.constant(cap), f"{out}.scaled")
         self._node("Tanh", [f"{out}.scaled"], [f"{out}.tanh"])
         return self.scale(f"{out}.tanh", cap, out)
 
@@ -242,8 +248,12 @@ class GraphBuilder:
             for kind in ("key", "value"):
                 inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", f32, cache_shape))
                 outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", f32, cache_shape))
-        graph = helper.make_graph(self.nodes, "edgekit_decoder", inputs, outputs, self.initializers)
-        opsets = [*OPSET_IMPORTS, helper.make_opsetid(MS_DOMAIN, 1)]
+        return self.assemble("edgekit_decoder", inputs, outputs, [*OPSET_IMPORTS, helper.make_opsetid(MS_DOMAIN, 1)])
+
+    def assemble(self, name: str, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
+                 opsets: list[onnx.OperatorSetIdProto]) -> onnx.ModelProto:
+        """The nodes and initializers as a model with these inputs and outputs (and the edgekit ops' functions)."""
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, self.initializers)
         model = helper.make_model(graph, opset_imports=opsets, producer_name="edgekit",
                                   functions=function_protos(self.edgekit_ops))
         model.ir_version = 10

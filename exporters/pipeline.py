@@ -14,7 +14,7 @@ import secrets
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import onnx
 from edgekit.exporters.draft import check_same_tokenizer, layer_subset, measure_acceptance
@@ -22,6 +22,7 @@ from edgekit.exporters.graph_files import save_graphs
 from edgekit.exporters.lowering import lower
 from edgekit.exporters.quantize import QuantConfig, quantize_source
 from edgekit.exporters.sources import Source, choose_builder, open_source, resolve_path, source_tokenizer
+from edgekit.exporters.static_graph import StaticGraph, StaticShapes, static_decoder_graph, static_shapes
 from edgekit.exporters.weights import RecordingSource
 from tokenizers import Tokenizer
 
@@ -43,9 +44,6 @@ from edgekit.progress import progress
 from edgekit.recipe import Recipe
 from edgekit.targets import DEFAULT_TARGETS, Target, target
 
-if TYPE_CHECKING:
-    from edgekit.exporters.qnn_graph import StaticGraph
-
 DEFAULT_MAX_NEW_TOKENS = 256
 DRAFT_FOLDER = "draft"
 
@@ -61,14 +59,17 @@ class BuiltGraph:
     static: dict[str, StaticGraph] = field(default_factory=dict)  # static-shape targets' graphs, by target name
 
 
-def build_graph(source: Source) -> BuiltGraph:
+def build_graph(source: Source, static: StaticShapes | None = None,
+                targets: tuple[Target, ...] = ()) -> BuiltGraph:
     """Stage 2: the ONNX decoder with the source's weights in their own formats (a quantized source's recipe
-    says how they were quantized)."""
+    says how they were quantized), and the static-shape graph for each of `targets` that needs one."""
     c = source.config
     recording = RecordingSource(source)
     model, ops = source.arch.build(recording, progress(range(c.num_layers), "building layers"))
     recipe = replace(getattr(source, "recipe", Recipe()), tensor_formats=recording.formats)
-    return BuiltGraph(model, recipe, sorted(ops))
+    graphs = {t.name: static_decoder_graph(source.arch, source, static) for t in targets
+              if t.static_shapes and static is not None}
+    return BuiltGraph(model, recipe, sorted(ops), static=graphs)
 
 
 def lower_graphs(built: BuiltGraph, targets: tuple[Target, ...]) -> dict[str, onnx.ModelProto]:
@@ -109,24 +110,32 @@ class PackageContents:
 
 
 def prepare(src: str, quant: QuantConfig | None = None, targets: tuple[str, ...] = DEFAULT_TARGETS,
-            builder: str = "auto", static_length: int | None = None) -> PackageContents:
+            builder: str = "auto", static_length: int | None = None, static_chunk: int | None = None,
+            static_context: int | None = None) -> PackageContents:
     """Stages 1 and 2 for SRC: open and check the source, quantize it if `quant` says so, build its graph; the
     package will carry graphs lowered for `targets` (names from edgekit.targets). `builder`: native, optimum,
-    or auto (native where edgekit has a builder for the architecture, else optimum). `static_length`: tokens per
-    text of static-shape targets' graphs (exporters.qnn_graph's default when None)."""
+    or auto (native where edgekit has a builder for the architecture, else optimum). Static-shape targets'
+    graphs: an encoder's `static_length` tokens per text (exporters.qnn_graph), a native decoder's
+    `static_chunk` tokens per run over `static_context` cache slots (exporters.static_graph); None: defaults."""
     chosen = tuple(target(t) for t in dict.fromkeys(targets))
     static = [t.name for t in chosen if t.static_shapes]
-    if static_length is not None and not static:
-        raise EdgekitError("--static-length is for static-shape targets (--target qnn)")
+    if not static and (static_length, static_chunk, static_context) != (None, None, None):
+        raise EdgekitError("--static-length, --static-chunk and --static-context are for static-shape targets "
+                           "(--target qnn)")
     if choose_builder(resolve_path(src), builder) == "optimum":
+        if (static_chunk, static_context) != (None, None):
+            raise EdgekitError("--static-chunk and --static-context shape a native decoder's static graph "
+                               "(an encoder's takes --static-length)", src)
         return _prepare_optimum(src, quant, chosen, static_length)
-    if static:
-        raise _needs_encoder(static[0], src)
+    if static_length is not None:
+        raise EdgekitError("--static-length is for encoders (a decoder's static graph takes --static-chunk and "
+                           "--static-context)", src)
     source = open_source(src)
+    shapes = static_shapes(source.config, static_chunk, static_context, src) if static else None
     tokenizer, tok_info = source_tokenizer(source)
     if quant is not None:
         source = quantize_source(source, quant, tokenizer)
-    return PackageContents(source, build_graph(source), tokenizer, tok_info, src, chosen)
+    return PackageContents(source, build_graph(source, shapes, chosen), tokenizer, tok_info, src, chosen)
 
 
 def _prepare_optimum(src: str, quant: QuantConfig | None, targets: tuple[Target, ...],
@@ -162,8 +171,8 @@ def _static_graphs(build: Any, targets: tuple[Target, ...], tokenizer: Tokenizer
 
 
 def _needs_encoder(name: str, src: str | Path) -> EdgekitError:
-    return EdgekitError(f"--target {name} needs a sentence-embedding encoder (static-shape decoders are not available "
-                        "yet)", src)
+    return EdgekitError(f"--target {name} needs a sentence-embedding encoder or a decoder built by edgekit's native "
+                        "builder (optimum's decoders have no static graph yet)", src)
 
 
 def _write_contents(folder: Path, c: PackageContents, extra: dict[str, Any]) -> Manifest:
@@ -251,7 +260,7 @@ def write_package(main: PackageContents, out: Path, draft: PackageContents | Non
 
 def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConfig | None = None,
            targets: tuple[str, ...] = DEFAULT_TARGETS, builder: str = "auto", static_length: int | None = None,
-           ) -> Manifest:
+           static_chunk: int | None = None, static_context: int | None = None) -> Manifest:
     """SRC (GGUF file, HF folder or built-in name) -> edgekit package folder `out`.
 
     `quant`: quantize the weights on export (exporters.quantize); None keeps them as the source has them.
@@ -261,11 +270,16 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
 
     `targets`: names from edgekit.targets; each adds graph(s) lowered for its execution provider.
 
-    `builder`: how the graph is made (prepare()); `static_length`: static-shape targets' tokens per text.
+    `builder`: how the graph is made (prepare()); `static_length`, `static_chunk`, `static_context`: static-shape
+    targets' shapes (prepare()).
     """
     if Path(out).exists():
         raise EdgekitError("output already exists (remove it or choose another -o)", out)
-    main = prepare(src, quant, targets, builder, static_length)
+    static = [name for name in targets if target(name).static_shapes]
+    if draft is not None and static:
+        raise EdgekitError(f"--draft needs dynamic shapes (speculative passes of varying length): not with "
+                           f"--target {static[0]}")
+    main = prepare(src, quant, targets, builder, static_length, static_chunk, static_context)
     if draft is not None and main.built.builder != "native":
         raise EdgekitError("--draft needs a decoder built by edgekit's native builder (this one came from optimum)",
                            src)

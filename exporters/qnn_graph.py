@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import onnx
 from edgekit.exporters.optimum_build import OptimumBuild, calibration_sentences
 from edgekit.exporters.pooling_graph import append_pooling
 from edgekit.exporters.quantize.spec import QuantConfig
+from edgekit.exporters.static_graph import StaticGraph
 from edgekit.runtime.encoder import FED_INPUTS, pad_token_id
 from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize
@@ -44,14 +44,6 @@ CALIBRATION_SENTENCES = 256  # ranges (min and max) only, one pass each; not tun
 ACTIVATIONS = "uint16"
 # QNN's helper quantizes a Gather's table as an activation (MiniLM: its 30522 x 384 token table is 23 MB of 34).
 WEIGHTS = "uint8 per channel (embedding tables uint16)"
-
-
-@dataclass
-class StaticGraph:
-    """A static-shape target's graph and what its manifest entry records beyond provider and file."""
-
-    model: onnx.ModelProto
-    entry: dict[str, Any]
 
 
 def static_length(build: OptimumBuild, length: int | None) -> int:

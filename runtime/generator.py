@@ -22,13 +22,22 @@ from edgekit.runtime.decoder import Decoder, SequenceCaches, SessionSettings, St
 from edgekit.runtime.decoding import MAX_DRAFT, DecodeStats, decode
 from edgekit.runtime.draft_policy import CostAwareLength, PassCosts
 from edgekit.runtime.drafters import Drafter, ModelDrafter, NgramDrafter
-from edgekit.runtime.loader import graph_path, load_manifest, portable_graph_path, require_kind
+from edgekit.runtime.loader import (
+    graph_path,
+    load_manifest,
+    portable_graph_path,
+    require_kind,
+    target_graph_path,
+)
 from edgekit.runtime.providers import select_provider
 from edgekit.runtime.sampling import SamplingParams, check_int
+from edgekit.runtime.static_decoder import StaticDecoder
 from edgekit.runtime.text import StreamDecoder, TextCodec
 
 from edgekit.errors import EdgekitError
 from edgekit.package import CONCAT_KV_CONTRACT, CONTRACT, Manifest, package_file, package_path
+from edgekit.targets import target as named_target
+from edgekit.targets import target_for_provider
 
 DEFAULT_MAX_LENGTH = 2048
 DRAFT_POLICIES = ("cost", "all")
@@ -149,7 +158,7 @@ class Model:
 
     def __init__(self, path: str | Path, device: str = "cpu", fast: bool = False, max_length: int | None = None,
                  threads: int = 0, spinning: bool = True, verify: bool = True, draft: bool = False,
-                 float_passes: bool = False, idle_caches: int = 1):
+                 float_passes: bool = False, idle_caches: int = 1, target: str | None = None):
         """`idle_caches`: KV caches kept for reuse once their generation ends. A generation that finds none
         idle allocates one (max_length x layers x 2 x kv_heads x head_dim float32, plus the draft model's:
         94 MB for SmolLM2-135M at 2048 tokens), so memory grows with the generations running at once and
@@ -159,10 +168,15 @@ class Model:
         on float32 copies of the weights, a second session over the same cache. It costs memory (4 bytes per
         weight: about 540 MB more for SmolLM2-135M) and buys cheap multi-token passes: onnxruntime's
         MatMulNBits costs about 4x a one-token pass from 2 tokens on, a float32 GEMM about 1-2x (measured,
-        docs/cli.md). Still exact: the same weights, float32 arithmetic, in another summation order."""
+        docs/cli.md). Still exact: the same weights, float32 arithmetic, in another summation order.
+
+        `target`: run the graph exported for this target (a name from edgekit.targets) on `device`, instead of the
+        one lowered for the device: `target="qnn"` runs the static-shape NPU graph on the CPU, to check it.
+        A static-shape graph holds at most its context of tokens (max_length is capped to it)."""
         self.path = Path(path)
         self.provider = select_provider(device)
         self.fast = fast
+        self.target = target
         if float_passes and fast:
             raise EdgekitError("float_passes is for exact mode: fast mode's multi-token passes must use its "
                                "int8 activations too, or speculative output would differ from plain decoding")
@@ -172,6 +186,7 @@ class Model:
         self.manifest, self._session, self._wide_session, self.max_length = self._open(
             self.path, verify, max_length, threads, spinning and not draft, float_passes)
         self.config = self.manifest.model
+        self._static = self._static_shapes(self.manifest) is not None
         self.codec = TextCodec(package_file(self.path, self.manifest, self.manifest.tokenizer["file"]),
                                self.manifest.tokenizer)
         self._draft_session: ort.InferenceSession | None = None
@@ -190,6 +205,8 @@ class Model:
 
     def _new_caches(self) -> SequenceCaches:
         draft = Decoder(self._draft_session, self._draft_length) if self._draft_session is not None else None
+        if self._static:
+            return SequenceCaches(StaticDecoder(self._session, self.max_length), draft)
         if self.manifest.data["graph"]["contract"] == CONCAT_KV_CONTRACT:
             return SequenceCaches(ConcatCacheDecoder(self._session, self.max_length), draft)
         return SequenceCaches(Decoder(self._session, self.max_length, self._wide_session), draft)
@@ -202,13 +219,23 @@ class Model:
             raise EdgekitError("float_passes needs a decoder built by edgekit's native builder (its cache buffers "
                                "are shared by two sessions)", folder)
         config = manifest.model
-        length = min(max_length or DEFAULT_MAX_LENGTH, config.max_position_embeddings)
+        static = self._static_shapes(manifest)
+        if static and float_passes:
+            raise EdgekitError("float_passes needs a graph with dynamic shapes, not the static one", folder)
+        limit = static["context"] if static else config.max_position_embeddings
+        length = min(max_length or DEFAULT_MAX_LENGTH, limit)
         settings = SessionSettings(self.provider, threads, spinning)
         # The portable graph's dequantization bodies fold into float32 weights at session creation.
         wide = make_session(portable_graph_path(folder, manifest), replace(settings, spinning=False)) \
             if float_passes else None
-        session = make_session(graph_path(folder, manifest, self.provider, self.fast), settings)
-        return manifest, session, wide, length
+        graph = (graph_path(folder, manifest, self.provider, self.fast) if self.target is None
+                 else target_graph_path(folder, manifest, named_target(self.target), self.fast))
+        return manifest, make_session(graph, settings), wide, length
+
+    def _static_shapes(self, manifest: Manifest) -> dict[str, int] | None:
+        """{chunk, context} when the graph this model runs has static shapes (runtime.static_decoder), else None."""
+        chosen = target_for_provider(self.provider) if self.target is None else named_target(self.target)
+        return manifest.data["graph"].get("targets", {}).get(chosen.name, {}).get("static")
 
     def _direct_caches(self) -> SequenceCaches:
         if self._direct is None:
@@ -255,9 +282,9 @@ class Model:
         if not ids:
             raise EdgekitError("the prompt is empty")
         if len(ids) >= self.max_length:
-            raise EdgekitError(f"prompt has {len(ids)} tokens; the context holds {self.max_length} "
-                               "(raise --max-length up to the model's "
-                               f"{self.config.max_position_embeddings}, or shorten the prompt)")
+            larger = "export with a larger --static-context" if self._static else "raise --max-length"
+            raise EdgekitError(f"prompt has {len(ids)} tokens; the context holds {self.max_length} ({larger} up to "
+                               f"the model's {self.config.max_position_embeddings}, or shorten the prompt)")
         return ids
 
     def logits(self, ids: list[int]) -> np.ndarray:

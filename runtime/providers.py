@@ -50,13 +50,24 @@ class Plugin:
     simulated: Callable[[], bool] = lambda: False  # a simulator here: `auto` passes it over
 
 
+def _on_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _qnn_options(module: ModuleType) -> dict[str, str]:
+    """The HTP backend. The graph's input quantization and output dequantization run on the NPU too (onnxruntime's
+    default hands them to the CPU), so a QDQ graph can run there whole, with CPU fallback disabled. Float ops run
+    in float16: without it the HTP cannot finalize a float graph (a static decoder's: QNN_COMMON_ERROR_MEM_ALLOC).
+    float16 needs a target SoC, which the x86 simulator lacks: it emulates Snapdragon 8 Gen 3's (soc 60, HTP v75)."""
+    options = {"backend_path": module.get_qnn_htp_path(), "offload_graph_io_quantization": "0",
+               "enable_htp_fp16_precision": "1"}
+    return {**options, "soc_model": "60", "htp_arch": "75"} if _on_x86() else options
+
+
 PLUGINS: dict[str, Plugin] = {
     "QNNExecutionProvider": Plugin(
         "onnxruntime_qnn", "onnxruntime-qnn", "QNN (HTP)", "the NPU", lambda module: "QNN",
-        # The graph's input quantization and output dequantization run on the NPU too (onnxruntime's default
-        # hands them to the CPU), so a QDQ graph can run there whole, with CPU fallback disabled.
-        lambda module: {"backend_path": module.get_qnn_htp_path(), "offload_graph_io_quantization": "0"},
-        reports_coverage=True, simulated=lambda: platform.machine().lower() in ("x86_64", "amd64")),
+        lambda module: _qnn_options(module), reports_coverage=True, simulated=lambda: _on_x86()),
     "OpenVINOExecutionProvider": Plugin(
         "onnxruntime_ep_openvino", "onnxruntime-ep-openvino", "OpenVINO (CPU)", "OpenVINO",
         lambda module: module.get_ep_name(),

@@ -126,17 +126,22 @@ def test_forcing_a_graph_the_package_lacks_is_one_line(tiny_encoder_pkg: Path, q
                                atol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["decoder", "static length too long", "static length without qnn"])
+@pytest.mark.parametrize("case", ["static length for a decoder", "static chunk for an encoder", "static length too long",
+                                  "static length without qnn"])
 def test_bad_input_is_one_line_and_writes_nothing(case: str, tiny_hf: Path, tiny_encoder_src: Path,
                                                   tmp_path: Path) -> None:
     src, options, expected = {
-        "decoder": (tiny_hf, ["--target", "qnn"], ("--target qnn needs a sentence-embedding encoder (static-shape "
-                                                  "decoders are not available yet)")),
+        "static length for a decoder": (tiny_hf, ["--target", "qnn", "--static-length", "16"],
+                                        ("--static-length is for encoders (a decoder's static graph takes "
+                                         "--static-chunk and --static-context)")),
+        "static chunk for an encoder": (tiny_encoder_src, ["--target", "qnn", "--static-chunk", "8"],
+                                        "--static-chunk and --static-context shape a native decoder's static graph"),
         "static length too long": (tiny_encoder_src, ["--target", "qnn", "--static-length", "49"],
                                    ("--static-length 49 is out of range: this encoder reads 2 to 48 tokens "
                                    "(max_seq_length 48, positions 64)")),
         "static length without qnn": (tiny_encoder_src, ["--static-length", "16"],
-                                      "--static-length is for static-shape targets (--target qnn)"),
+                                      ("--static-length, --static-chunk and --static-context are for static-shape "
+                                       "targets (--target qnn)")),
     }[case]
     out = tmp_path / "pkg"
     result = CliRunner().invoke(main, ["export", str(src), "-o", str(out), *options])

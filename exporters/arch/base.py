@@ -201,10 +201,12 @@ class Architecture:
         return w
 
     # -- graph ----------------------------------------------------------------------------------------------
-    def build(self, weights: WeightSource, layers: Iterable[int] | None = None) -> tuple[onnx.ModelProto, set[str]]:
-        """The decoder graph with the causal-LM contract (exporters.graph_builder) and the edgekit ops it uses."""
+    def build(self, weights: WeightSource, layers: Iterable[int] | None = None,
+              builder: GraphBuilder | None = None) -> tuple[onnx.ModelProto, set[str]]:
+        """The decoder graph with the causal-LM contract (exporters.graph_builder) and the edgekit ops it uses;
+        `builder` gives the primitives another contract (exporters.static_graph: static shapes, standard ops)."""
         c = self.config
-        g = GraphBuilder(c)
+        g = builder or GraphBuilder(c)
         self.ropes = self.rope_tables(g)
         table = weights.get("embed")  # read once: a tied output layer is the same table
         hidden = self.embed(g, table)
