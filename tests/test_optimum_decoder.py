@@ -64,6 +64,19 @@ def test_validate_passes_with_default_thresholds(models: dict[str, Path], packag
     assert json.loads(result.stdout)["passed"]
 
 
+def test_int4_validate_passes_its_loss_thresholds(models: dict[str, Path], packages: dict[str, Path]) -> None:
+    """validate of the int4 package against the float model measures its quantization loss. A random tiny model's
+    logits are nearly flat (perplexity close to the vocabulary size), so top-1 and greedy agreement mean nothing
+    here; the distribution's loss does: perplexity within 1% and KL within 0.01 nats (a wrong weight mapping
+    moves both by orders of magnitude)."""
+    result = CliRunner().invoke(main, ["validate", str(packages["gpt2-int4"]), "--reference", str(models["gpt2"]),
+                                       "--device", "cpu", "--tokens", "8", "--min-greedy", "0", "--min-top1", "0",
+                                       "--max-ppl-delta", "0.01", "--max-kl", "0.01", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] and report["kl_divergence"] < 0.01
+
+
 def _fake_quantized(folder: Path, package: Path) -> TorchReference:
     """The torch model with the package's own low-bit weights, dequantized, written into its modules."""
     reference = TorchReference(str(folder), "cpu")
