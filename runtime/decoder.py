@@ -11,10 +11,11 @@ model therefore keeps its caches in a `StatePool`: each generation checks one ou
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -28,9 +29,12 @@ from edgekit.errors import EdgekitError, first_line
 State = TypeVar("State")
 
 
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
 @dataclass(frozen=True)
 class SessionSettings:
-    provider: str = "CPUExecutionProvider"
+    provider: str = CPU_PROVIDER
     threads: int = 0  # 0: onnxruntime's default (one per physical core)
     spinning: bool = True  # turn off when several sessions take turns on few cores
 
@@ -45,7 +49,14 @@ def make_session(graph: Path, settings: SessionSettings) -> ort.InferenceSession
     so.log_severity_level = 3
     try:
         session = create_session(graph, so, settings.provider)
+    except EdgekitError:
+        raise
     except Exception as exc:  # onnxruntime raises its own exception types, with multi-line messages
+        if settings.provider != CPU_PROVIDER:  # the graph may be sound and the provider unable to compile it
+            cpu = make_session(graph, replace(settings, provider=CPU_PROVIDER))
+            print(f"edgekit: {settings.provider} could not take this graph ({first_line(exc)}); running it on "
+                  f"{CPU_PROVIDER}", file=sys.stderr)
+            return cpu
         raise EdgekitError(f"corrupt package: onnxruntime cannot load this graph ({first_line(exc)})", graph) from exc
     report_coverage(graph, settings.provider)
     return session

@@ -175,3 +175,24 @@ def test_missing_plugin_falls_back_to_the_cpu(monkeypatch: pytest.MonkeyPatch,
 @pytest.mark.skipif(not providers.PLUGINS[QNN].simulated(), reason="a real HTP: auto may take it")
 def test_auto_passes_over_the_htp_simulator() -> None:
     assert select_provider("qnn") == QNN and select_provider("auto") != QNN
+
+
+def test_a_graph_the_provider_cannot_compile_runs_on_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    """A provider that fails to build a sound graph (the HTP does with some ops: QNN_COMMON_ERROR_MEM_ALLOC) is
+    one line naming the provider, and the graph runs on the CPU; not "corrupt package"."""
+    from edgekit.runtime import decoder
+
+    def failing(graph: Path, options: ort.SessionOptions, provider: str) -> ort.InferenceSession:
+        if provider != "CPUExecutionProvider":
+            raise RuntimeError("QNN_COMMON_ERROR_MEM_ALLOC\nmore lines")
+        return create_session(graph, options, provider)
+
+    monkeypatch.setattr(decoder, "create_session", failing)
+    path = _qdq_model(tmp_path)
+    session = decoder.make_session(path, decoder.SessionSettings(provider=QNN))
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said == [f"edgekit: {QNN} could not take this graph (QNN_COMMON_ERROR_MEM_ALLOC); running it on "
+                    "CPUExecutionProvider"]
+    session.run(None, {"x": np.zeros((1, 8), np.float32)})
