@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from edgekit.model_config import PER_LAYER, ModelConfig
 from edgekit.package import MANIFEST, Manifest, read_manifest, sha256_of
 
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -39,10 +40,13 @@ def tensor_groups(tensor_formats: dict[str, str]) -> dict[str, str]:
 
 def parameter_count(model: dict[str, Any]) -> int:
     """Weights of the decoder's matrices and norms, from the architecture (the embedding counted once if tied)."""
-    h, heads, kv, hd = model["hidden_size"], model["num_heads"], model["num_kv_heads"], model["head_dim"]
-    widths = model.get("layer_intermediate_sizes") or [model["intermediate_size"]] * model["num_layers"]
-    attention = h * heads * hd * 2 + h * kv * hd * 2 + (heads * hd + 2 * kv * hd if model.get("attention_bias") else 0)
-    total = sum(attention + 3 * h * w + 2 * h for w in widths) + h
+    c = ModelConfig.from_dict(model)
+    h, hd = c.hidden_size, c.head_dim
+    total = h
+    for i in range(c.num_layers):
+        heads, kv = c.heads_of(i), c.kv_heads_of(i)
+        total += h * heads * hd * 2 + h * kv * hd * 2 + (heads * hd + 2 * kv * hd if c.attention_bias else 0)
+        total += 3 * h * c.intermediate_size_of(i) + 2 * h
     return total + model["vocab_size"] * h * (1 if model.get("tie_word_embeddings") else 2)
 
 
@@ -127,7 +131,7 @@ def summary_table(s: dict[str, Any]) -> str:
              + (f", sha256 {src['sha256'][:12]}" if src["sha256"] else "") + ")",
              f"architecture  {a['architecture']}: {a['num_layers']} layers, hidden {a['hidden_size']}, heads "
              f"{a['num_heads']}/{a['num_kv_heads']} kv x {a['head_dim']}, MLP {a['intermediate_size']}"
-             + (" (per-layer widths)" if a.get("layer_intermediate_sizes") else "")
+             + (" (pruned: per-layer shapes)" if any(a.get(k) for k in PER_LAYER) else "")
              + f", vocab {a['vocab_size']}, context {a['max_position_embeddings']}, "
              f"{a['parameters'] / 1e6:.1f}M parameters"
              + (", tied embeddings" if a.get("tie_word_embeddings") else "")

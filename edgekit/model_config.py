@@ -8,6 +8,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
+PER_LAYER = ("layer_intermediate_sizes", "layer_num_heads", "layer_num_kv_heads")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A decoder with grouped-query attention and rotary embeddings (the fields every architecture has)."""
@@ -27,18 +30,29 @@ class ModelConfig:
     attention_bias: bool = False
     sliding_window: int | None = None
     rope_scaling: dict[str, Any] | None = field(default=None)
-    # Per-layer MLP widths for structurally pruned models; None means every layer uses intermediate_size.
+    # Per-layer shapes of structurally pruned models (exporters.prune); None means every layer has the global value.
     layer_intermediate_sizes: tuple[int, ...] | None = None
+    layer_num_heads: tuple[int, ...] | None = None
+    layer_num_kv_heads: tuple[int, ...] | None = None
 
     def intermediate_size_of(self, layer: int) -> int:
         if self.layer_intermediate_sizes is None:
             return self.intermediate_size
         return self.layer_intermediate_sizes[layer]
 
+    def heads_of(self, layer: int) -> int:
+        """Query heads of `layer` (pruned models keep different counts per layer)."""
+        return self.num_heads if self.layer_num_heads is None else self.layer_num_heads[layer]
+
+    def kv_heads_of(self, layer: int) -> int:
+        """Key/value heads (KV groups) of `layer`."""
+        return self.num_kv_heads if self.layer_num_kv_heads is None else self.layer_num_kv_heads[layer]
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if d["layer_intermediate_sizes"] is not None:
-            d["layer_intermediate_sizes"] = list(d["layer_intermediate_sizes"])
+        for key in PER_LAYER:
+            if d[key] is not None:
+                d[key] = list(d[key])
         return d
 
     @classmethod
@@ -46,8 +60,9 @@ class ModelConfig:
         """The fields this class has; keys an architecture's own config adds (exporter side) are ignored."""
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
-        if d.get("layer_intermediate_sizes") is not None:
-            d["layer_intermediate_sizes"] = tuple(d["layer_intermediate_sizes"])
+        for key in PER_LAYER:
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
         return cls(**d)
 
     def to_json(self) -> str:

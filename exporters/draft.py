@@ -17,6 +17,7 @@ from edgekit.exporters.weights import Weight
 from tokenizers import Tokenizer
 
 from edgekit.errors import EdgekitError
+from edgekit.model_config import PER_LAYER
 
 DEFAULT_KEEP_FRACTION = 1 / 3
 ACCEPTANCE_PROMPTS = 8  # of calibration.NEUTRAL_PROMPTS
@@ -66,8 +67,9 @@ class LayerSubset:
         self.path = source.path  # type: ignore[attr-defined]
         self.kind = f"{source.kind}-layer-subset"  # type: ignore[attr-defined]
         c = source.config  # type: ignore[attr-defined]
-        widths = None if c.layer_intermediate_sizes is None else tuple(c.layer_intermediate_sizes[i] for i in layers)
-        self.config = replace(c, num_layers=len(layers), layer_intermediate_sizes=widths)
+        per_layer = {key: None if getattr(c, key) is None else tuple(getattr(c, key)[i] for i in layers)
+                     for key in PER_LAYER}
+        self.config = replace(c, num_layers=len(layers), **per_layer)
         self.arch = type(source.arch)(self.config)  # type: ignore[attr-defined]
 
     def _inner_name(self, name: str) -> str:

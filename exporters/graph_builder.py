@@ -213,7 +213,7 @@ class GraphBuilder:
         """com.microsoft.GroupQueryAttention over layer i's cache buffers, rotary applied inside; `qkv` is one
         packed projection (then k and v are "") or three."""
         c = self.config
-        attrs: dict[str, object] = {"num_heads": c.num_heads, "kv_num_heads": c.num_kv_heads, "do_rotary": 1,
+        attrs: dict[str, object] = {"num_heads": c.heads_of(i), "kv_num_heads": c.kv_heads_of(i), "do_rotary": 1,
                                     "rotary_interleaved": 0, "local_window_size": window or -1}
         if scale is not None:
             attrs["scale"] = float(scale)
@@ -236,7 +236,6 @@ class GraphBuilder:
         """The graph with the causal-LM contract's inputs and outputs (module docstring)."""
         c = self.config
         f32, i64, i32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
-        cache_shape = [1, c.num_kv_heads, "max_length", c.head_dim]
         inputs = [
             helper.make_tensor_value_info("input_ids", i64, [1, "sequence"]),
             helper.make_tensor_value_info("seqlens_k", i32, [1]),
@@ -245,6 +244,7 @@ class GraphBuilder:
         ]
         outputs = [helper.make_tensor_value_info("logits", f32, [1, "kept", c.vocab_size])]
         for i in range(c.num_layers):
+            cache_shape = [1, c.kv_heads_of(i), "max_length", c.head_dim]
             for kind in ("key", "value"):
                 inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", f32, cache_shape))
                 outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", f32, cache_shape))

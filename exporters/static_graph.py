@@ -174,13 +174,14 @@ class StaticGraphBuilder(GraphBuilder):
         if window is not None and window < context:
             raise EdgekitError(f"layer {i} attends over a sliding window of {window} tokens: a static graph needs "
                                f"--static-context {window} or less")
-        kv, d, group = c.num_kv_heads, c.head_dim, c.num_heads // c.num_kv_heads
+        heads, kv, d = c.heads_of(i), c.kv_heads_of(i), c.head_dim
+        group = heads // kv
         p = f"layers.{i}.static_attn"
         if not qkv[1]:
-            q_size, kv_size = c.num_heads * d, kv * d
+            q_size, kv_size = heads * d, kv * d
             qkv = self.split(qkv[0], [q_size, kv_size, kv_size], [f"{p}.q", f"{p}.k", f"{p}.v"])
         cos, sin = self._rope_rows_at_positions(rope)
-        q = self._rotate(self._heads(qkv[0], c.num_heads, f"{p}.q_heads"), cos, sin, f"{p}.q_rot")
+        q = self._rotate(self._heads(qkv[0], heads, f"{p}.q_heads"), cos, sin, f"{p}.q_rot")
         self._rotate(self._heads(qkv[1], kv, f"{p}.k_heads"), cos, sin, f"present.{i}.key")
         self._heads(qkv[2], kv, f"present.{i}.value")
         for kind in ("key", "value"):
@@ -191,18 +192,18 @@ class StaticGraphBuilder(GraphBuilder):
         self._node("Transpose", [f"{p}.keys"], [f"{p}.keys_t"], perm=[0, 1, 3, 2])
         self._node("MatMul", [f"{p}.q_grouped", f"{p}.keys_t"], [f"{p}.scores"])
         width = context + chunk
-        self._node("Reshape", [f"{p}.scores", self._const(f"shape_1_{c.num_heads}_{chunk}_{width}",
-                                                          [1, c.num_heads, chunk, width])], [f"{p}.scores_heads"])
+        self._node("Reshape", [f"{p}.scores", self._const(f"shape_1_{heads}_{chunk}_{width}",
+                                                          [1, heads, chunk, width])], [f"{p}.scores_heads"])
         self.binary("Add", f"{p}.scores_heads", "attention_mask", f"{p}.masked")
         self._node("Softmax", [f"{p}.masked"], [f"{p}.probs"], axis=-1)
         self._node("Reshape", [f"{p}.probs", self._const(f"shape_1_{kv}_{group * chunk}_{width}",
                                                          [1, kv, group * chunk, width])], [f"{p}.probs_grouped"])
         self._node("MatMul", [f"{p}.probs_grouped", f"{p}.values"], [f"{p}.context"])
-        self._node("Reshape", [f"{p}.context", self._const(f"shape_1_{c.num_heads}_{chunk}_{d}",
-                                                           [1, c.num_heads, chunk, d])], [f"{p}.context_heads"])
+        self._node("Reshape", [f"{p}.context", self._const(f"shape_1_{heads}_{chunk}_{d}",
+                                                           [1, heads, chunk, d])], [f"{p}.context_heads"])
         self._node("Transpose", [f"{p}.context_heads"], [f"{p}.context_rows"], perm=[0, 2, 1, 3])
-        self._node("Reshape", [f"{p}.context_rows", self._const(f"shape_1_{chunk}_{c.num_heads * d}",
-                                                                [1, chunk, c.num_heads * d])], [out])
+        self._node("Reshape", [f"{p}.context_rows", self._const(f"shape_1_{chunk}_{heads * d}",
+                                                                [1, chunk, heads * d])], [out])
         return out
 
     def logits(self, hidden: str, head: Weight, separate: bool, out: str) -> str:
@@ -222,7 +223,7 @@ class StaticGraphBuilder(GraphBuilder):
         for i in range(c.num_layers):
             for kind in ("key", "value"):
                 inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", f32,
-                                                            [1, c.num_kv_heads, context, c.head_dim]))
+                                                            [1, c.kv_heads_of(i), context, c.head_dim]))
                 outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", f32,
-                                                             [1, c.num_kv_heads, chunk, c.head_dim]))
+                                                             [1, c.kv_heads_of(i), chunk, c.head_dim]))
         return self.assemble("edgekit_static_decoder", inputs, outputs, OPSET_IMPORTS)

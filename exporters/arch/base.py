@@ -105,11 +105,13 @@ class Architecture:
         layers, heads = cfg.require("num_hidden_layers"), cfg.require("num_attention_heads")
         widths = tuple(shapes[f"layers.{i}.gate"][0] for i in range(layers) if f"layers.{i}.gate" in shapes)
         hidden = cfg.require("hidden_size")
+        head_dim = cfg.get("head_dim") or (hidden // heads if heads else 0)
+        q_heads, kv_heads = (_heads_per_layer(shapes, layers, kind, head_dim) for kind in ("q", "k"))
         sliding = cfg.values.get("use_sliding_window", cls.default_sliding_window)
         return cls.make_config(
             cfg, architecture=arch, num_layers=layers, hidden_size=hidden, num_heads=heads,
             num_kv_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=cfg.get("head_dim") or (hidden // heads if heads else 0),
+            head_dim=head_dim,
             intermediate_size=cfg.require("intermediate_size"), vocab_size=cfg.require("vocab_size"),
             rope_theta=cfg.get("rope_theta", float, 10000.0), rms_norm_eps=cfg.get("rms_norm_eps", float, 1e-6),
             max_position_embeddings=cfg.get("max_position_embeddings", int, 2048),
@@ -118,6 +120,8 @@ class Architecture:
             sliding_window=cfg.get("sliding_window") if sliding else None,
             rope_scaling=cfg.values.get("rope_scaling"),
             layer_intermediate_sizes=None if len(set(widths)) <= 1 else widths,
+            layer_num_heads=None if len(set(q_heads)) <= 1 else q_heads,
+            layer_num_kv_heads=None if len(set(kv_heads)) <= 1 else kv_heads,
         )
 
     @classmethod
@@ -160,9 +164,12 @@ class Architecture:
                                    meta.path) from exc
         if config.max_position_embeddings > MAX_ROPE_TABLE:
             config = replace(config, max_position_embeddings=MAX_ROPE_TABLE)
-        if config.num_heads % config.num_kv_heads:
-            raise EdgekitError(f"{config.num_heads} attention heads do not divide into {config.num_kv_heads} "
-                               "key/value heads", meta.path)
+        for i in range(config.num_layers):
+            heads, kv = config.heads_of(i), config.kv_heads_of(i)
+            if not (0 < heads <= LIMITS["num_heads"] and 0 < kv <= LIMITS["num_kv_heads"]) or heads % kv:
+                where = f"layer {i}: " if config.layer_num_heads or config.layer_num_kv_heads else ""
+                raise EdgekitError(f"{where}{heads} attention heads do not divide into {kv} key/value heads",
+                                   meta.path)
         return config
 
     def check_shapes(self, shapes: dict[str, tuple[int, ...]], path: str | Path) -> None:
@@ -176,12 +183,12 @@ class Architecture:
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         c = self.config
-        q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
         out = {"embed": (c.vocab_size, c.hidden_size), "norm": (c.hidden_size,)}
         if not c.tie_word_embeddings:
             out["lm_head"] = (c.vocab_size, c.hidden_size)
         for i in range(c.num_layers):
             p, width = f"layers.{i}", c.intermediate_size_of(i)
+            q, kv = c.heads_of(i) * c.head_dim, c.kv_heads_of(i) * c.head_dim
             out.update({f"{p}.q": (q, c.hidden_size), f"{p}.k": (kv, c.hidden_size), f"{p}.v": (kv, c.hidden_size),
                         f"{p}.o": (c.hidden_size, q), f"{p}.gate": (width, c.hidden_size),
                         f"{p}.up": (width, c.hidden_size), f"{p}.down": (c.hidden_size, width),
@@ -268,7 +275,7 @@ class Architecture:
                 proj = [g.binary("Add", y, g.initializer(b, a), f"{y}_b") for y, b, a in zip(proj, biases, bias)]
         if weights.has(f"{p}.q_norm"):
             if len(proj) == 1:
-                sizes = [c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim]
+                sizes = [c.heads_of(i) * c.head_dim, c.kv_heads_of(i) * c.head_dim, c.kv_heads_of(i) * c.head_dim]
                 proj = g.split(proj[0], sizes, [f"{p}.q_proj", f"{p}.k_proj", f"{p}.v_proj"])
             proj = [g.head_rms_norm(proj[0], weights.get(f"{p}.q_norm"), c.head_dim, f"{p}.q_norm"),  # type: ignore[arg-type]
                     g.head_rms_norm(proj[1], weights.get(f"{p}.k_norm"), c.head_dim, f"{p}.k_norm"),  # type: ignore[arg-type]
@@ -303,6 +310,15 @@ def _fuse(parts: list[Weight]) -> Weight | None:
             len({w.source_format for w in parts}) == 1:  # type: ignore[union-attr]
         return BlockQuantWeight.concat_rows(parts)  # type: ignore[arg-type]
     return None
+
+
+def _heads_per_layer(shapes: dict[str, tuple[int, ...]], layers: int, kind: str, head_dim: int) -> tuple[int, ...]:
+    """Heads of each layer's `kind` (q or k) projection from its rows (pruned models differ per layer); a shape that
+    is no whole number of heads is left for check_shapes to name."""
+    rows = [shapes[f"layers.{i}.{kind}"][0] for i in range(layers) if f"layers.{i}.{kind}" in shapes]
+    if len(rows) != layers or not head_dim or any(r % head_dim for r in rows):
+        return ()
+    return tuple(r // head_dim for r in rows)
 
 
 def architecture_class(name: Any, path: str | Path) -> type[Architecture]:

@@ -22,7 +22,8 @@ class Llama(Architecture):
         """llama.cpp stores llama's q/k rows interleaved for its rope; reorder them (exact) to Hugging Face's."""
         if not name.endswith((".q", ".k", ".q_bias", ".k_bias")):
             return w
-        heads = self.config.num_heads if name.endswith((".q", ".q_bias")) else self.config.num_kv_heads
+        layer = int(name.split(".")[1])
+        heads = self.config.heads_of(layer) if name.endswith((".q", ".q_bias")) else self.config.kv_heads_of(layer)
         rows = llama_row_order(w.shape[0], heads)
         return w[rows] if isinstance(w, np.ndarray) else w.take_rows(rows)
 

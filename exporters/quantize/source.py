@@ -83,15 +83,10 @@ def planned_formats(source: Any, config: QuantConfig) -> tuple[dict[str, GridFor
 def check_widths(source: Any, plan: dict[str, GridFormat]) -> None:
     """Every tensor's row size K must hold at least one group: fail on the first that does not, before any work."""
     c = source.config
-    widths = {"q": c.hidden_size, "k": c.hidden_size, "v": c.hidden_size, "gate": c.hidden_size,
-              "up": c.hidden_size, "o": c.num_heads * c.head_dim, "embed": c.hidden_size, "lm_head": c.hidden_size}
     for name, fmt in plan.items():
         kind = name.rsplit(".", 1)[-1]
-        if kind == "down":
-            i = int(name.split(".")[1])
-            k = c.layer_intermediate_sizes[i] if c.layer_intermediate_sizes else c.intermediate_size
-        else:
-            k = widths[kind]
+        i = int(name.split(".")[1]) if name.startswith("layers.") else 0
+        k = {"down": c.intermediate_size_of(i), "o": c.heads_of(i) * c.head_dim}.get(kind, c.hidden_size)
         fmt.check_width(name, k)
 
 
@@ -113,7 +108,8 @@ def _fill_by_budget(model: Any, windows: np.ndarray, source: Any, formats: dict[
     fixed_bits, fixed_weights = sum(formats[n].stored_bits(*shapes[n]) for n in fixed), sum(
         a * b for a, b in shapes.values())
     c = source.config
-    narrowest = min(c.hidden_size, c.num_heads * c.head_dim, *(c.layer_intermediate_sizes or [c.intermediate_size]))
+    narrowest = min(c.hidden_size, *(min(c.heads_of(i) * c.head_dim, c.intermediate_size_of(i))
+                                     for i in range(c.num_layers)))
     units = measure_units(model, windows, free, [f for f in config.candidates() if f.group_size <= narrowest])
     try:
         chosen = allocate(units, config.target_bpw, fixed_bits, fixed_weights)
