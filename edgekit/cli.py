@@ -103,21 +103,57 @@ def main() -> None:
 @click.option("--tune-steps", type=int, default=0,
               help="After rtn/gptq, distil group scales and norm weights end to end for N steps on the "
                    "calibration text (100: a few minutes on CPU for 135M) [0].")
+@click.option("--prune", "prune_spec", default=None,
+              help="Prune first: a ratio of parameters to remove (0.25) or a pruning plan YAML (see `edgekit prune`).")
+@click.option("--recover-steps", type=click.IntRange(0), default=0,
+              help="With --prune: steps of distillation from the unpruned model [0].")
 @_one_line_errors
 def export(src: str, out: str, draft: str | None, weights: str | None, group_size: int | None, symmetric: bool,
            method: str | None, calib: str | None, act_order: bool | None, plan: str | None,
            target_bpw: float | None, targets: tuple[str, ...], static_length: int | None, static_chunk: int | None,
-           static_context: int | None, builder: str, tune_steps: int) -> None:
+           static_context: int | None, builder: str, tune_steps: int, prune_spec: str | None,
+           recover_steps: int) -> None:
     """Export SRC (a GGUF file, a Hugging Face folder, or `smollm2-135m`) to the package folder OUT."""
     from edgekit.exporters.pipeline import describe
     from edgekit.exporters.pipeline import export as run_export
+    from edgekit.exporters.prune.request import request_from_spec
     from edgekit.exporters.quantize.spec import quant_config_from_options
 
     quant = quant_config_from_options(weights, group_size, symmetric, method, calib, act_order, plan, target_bpw,
                                       tune_steps)
+    if recover_steps and prune_spec is None:
+        raise EdgekitError("--recover-steps recovers a pruned model: give --prune too")
+    prune = request_from_spec(prune_spec) if prune_spec is not None else None
     manifest = run_export(src, out, draft=draft, quant=quant, targets=targets, builder=builder,
-                          static_length=static_length, static_chunk=static_chunk, static_context=static_context)
+                          static_length=static_length, static_chunk=static_chunk, static_context=static_context,
+                          prune=prune, recover_steps=recover_steps, calib=calib)
     click.echo(f"wrote {out}: {describe(manifest)}")
+
+
+@main.command()
+@click.argument("src")
+@click.option("-o", "--output", "out", required=True, help="Hugging Face folder to create (must not exist).")
+@click.option("--ratio", type=float, default=None, help="Fraction of all parameters to remove, e.g. 0.25.")
+@click.option("--plan", default=None, help="Pruning plan YAML: ratio, depth, importance and per-layer rules "
+                                           "(layer-name globs; see docs/cli.md).")
+@click.option("--depth", type=float, default=None,
+              help="Share of the removal taken as whole layers, least important first [0: width only].")
+@click.option("--importance", type=click.Choice(["activation", "taylor"]), default=None,
+              help="How heads, groups and channels are scored: activations (forward only) or gradients "
+                   "[activation].")
+@click.option("--calib", default=None, help="Calibration text file [the model writes its own].")
+@click.option("--recover-steps", type=click.IntRange(0), default=0,
+              help="Steps of distillation from the unpruned model on the calibration text [0].")
+@_one_line_errors
+def prune(src: str, out: str, ratio: float | None, plan: str | None, depth: float | None, importance: str | None,
+          calib: str | None, recover_steps: int) -> None:
+    """Remove attention heads, key/value groups, MLP channels and layers of SRC by measured importance; write a
+    smaller Hugging Face folder OUT (export it with `edgekit export OUT`)."""
+    from edgekit.exporters.prune import prune as run_prune
+    from edgekit.exporters.prune import request_from_options
+
+    result = run_prune(src, out, request_from_options(ratio, plan, depth, importance), calib, recover_steps)
+    click.echo(f"wrote {out}: {result.describe()}")
 
 
 SPECULATIVE = click.Choice(["ngram", "draft"])

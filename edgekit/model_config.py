@@ -7,7 +7,6 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-
 PER_LAYER = ("layer_intermediate_sizes", "layer_num_heads", "layer_num_kv_heads")
 
 

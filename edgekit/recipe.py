@@ -28,6 +28,8 @@ class Recipe:
     plan: str | None = None  # how mixed formats were chosen: "plan mixed.yaml", "target 3.5 bpw by ..."
     bits_per_weight: float | None = None  # stored bits (codes, scales, offsets) per projection weight
     bits_per_weight_all: float | None = None  # the same over every quantized tensor, embedding included
+    # How the source was structurally pruned (exporters.prune): plan, per-layer shapes, parameter counts, recovery.
+    pruning: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, int]:
         return dict(Counter(self.tensor_formats.values()))
@@ -42,4 +44,5 @@ class Recipe:
                    act_order=bool(d.get("act_order", False)), calibration=d.get("calibration"),
                    tune_steps=int(d.get("tune_steps", 0)), fast_exact=list(d.get("fast_exact", [])),
                    plan=d.get("plan"),
-                   bits_per_weight=d.get("bits_per_weight"), bits_per_weight_all=d.get("bits_per_weight_all"))
+                   bits_per_weight=d.get("bits_per_weight"), bits_per_weight_all=d.get("bits_per_weight_all"),
+                   pruning=d.get("pruning"))

@@ -42,6 +42,8 @@ class HFSource:
             shapes.pop("lm_head", None)
         self.arch = self.arch_class(self.config)
         self.arch.check_shapes(shapes, self.path)
+        pruning = self.hf_config.get("edgekit_pruning")  # how exporters.prune made this folder, for the recipe
+        self.pruning: dict[str, Any] | None = pruning if isinstance(pruning, dict) else None
 
     def _index_tensors(self) -> dict[str, tuple[Path, str, tuple[int, ...]]]:
         """canonical name -> (file, checkpoint name, shape), from the safetensors headers (no weight read)."""

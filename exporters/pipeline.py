@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import onnx
 from edgekit.exporters.draft import check_same_tokenizer, layer_subset, measure_acceptance
 from edgekit.exporters.graph_files import save_graphs
 from edgekit.exporters.lowering import lower
+from edgekit.exporters.prune.request import PruneRequest
 from edgekit.exporters.quantize import QuantConfig, quantize_source
 from edgekit.exporters.sources import Source, choose_builder, open_source, resolve_path, source_tokenizer
 from edgekit.exporters.static_graph import StaticGraph, StaticShapes, static_decoder_graph, static_shapes
@@ -66,7 +68,8 @@ def build_graph(source: Source, static: StaticShapes | None = None,
     c = source.config
     recording = RecordingSource(source)
     model, ops = source.arch.build(recording, progress(range(c.num_layers), "building layers"))
-    recipe = replace(getattr(source, "recipe", Recipe()), tensor_formats=recording.formats)
+    recipe = replace(getattr(source, "recipe", Recipe()), tensor_formats=recording.formats,
+                     pruning=getattr(source, "pruning", None))
     graphs = {t.name: static_decoder_graph(source.arch, source, static) for t in targets
               if t.static_shapes and static is not None}
     return BuiltGraph(model, recipe, sorted(ops), static=graphs)
@@ -260,7 +263,8 @@ def write_package(main: PackageContents, out: Path, draft: PackageContents | Non
 
 def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConfig | None = None,
            targets: tuple[str, ...] = DEFAULT_TARGETS, builder: str = "auto", static_length: int | None = None,
-           static_chunk: int | None = None, static_context: int | None = None) -> Manifest:
+           static_chunk: int | None = None, static_context: int | None = None, prune: PruneRequest | None = None,
+           recover_steps: int = 0, calib: str | None = None) -> Manifest:
     """SRC (GGUF file, HF folder or built-in name) -> edgekit package folder `out`.
 
     `quant`: quantize the weights on export (exporters.quantize); None keeps them as the source has them.
@@ -272,6 +276,9 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
 
     `builder`: how the graph is made (prepare()); `static_length`, `static_chunk`, `static_context`: static-shape
     targets' shapes (prepare()).
+
+    `prune`: prune SRC first (exporters.prune; `recover_steps` of distillation, calibration text `calib`), into a
+    temporary Hugging Face folder the package is then exported from (quantized as `quant` says).
     """
     if Path(out).exists():
         raise EdgekitError("output already exists (remove it or choose another -o)", out)
@@ -279,14 +286,31 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
     if draft is not None and static:
         raise EdgekitError(f"--draft needs dynamic shapes (speculative passes of varying length): not with "
                            f"--target {static[0]}")
-    main = prepare(src, quant, targets, builder, static_length, static_chunk, static_context)
+    options = (targets, builder, static_length, static_chunk, static_context)
+    if prune is None:
+        return _export(src, src, out, draft, quant, options)
+    if builder == "optimum":
+        raise EdgekitError("--prune makes per-layer shapes that only edgekit's native builder exports", src)
+    from edgekit.exporters.prune import prune as prune_model
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{Path(out).name}.pruned-", dir=Path(out).parent) as tmp:
+        pruned = prune_model(src, Path(tmp) / "pruned", prune, calib, recover_steps)
+        return _export(str(pruned.folder), f"{src} (pruned: {prune.describe()})", out, draft, quant, options)
+
+
+def _export(src: str, name: str, out: str | Path, draft: str | None, quant: QuantConfig | None,
+            options: tuple[Any, ...]) -> Manifest:
+    """export() of a source that needs no pruning, recorded in the manifest as `name`."""
+    targets = options[0]
+    main = replace(prepare(src, quant, *options), source_name=name)
     if draft is not None and main.built.builder != "native":
         raise EdgekitError("--draft needs a decoder built by edgekit's native builder (this one came from optimum)",
                            src)
     draft_contents = None
     if draft == "auto":
         sub = layer_subset(main.source)
-        draft_contents = PackageContents(sub, build_graph(sub), main.tokenizer, main.tok_info, f"{src} (auto draft)",
+        draft_contents = PackageContents(sub, build_graph(sub), main.tokenizer, main.tok_info, f"{name} (auto draft)",
                                          main.targets)
     elif draft is not None:
         draft_contents = prepare(draft, targets=targets)

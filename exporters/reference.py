@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from edgekit.exporters.prune.surgery import load_pruned, pruning_record
 from edgekit.exporters.sources import resolve_path
 
 from edgekit.errors import EdgekitError
@@ -42,7 +43,10 @@ class TorchReference:
             kwargs["gguf_file"] = next(Path(path).glob("*.gguf")).name
         self.device = device
         self.torch = torch
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs).to(device).eval()
+        if "gguf_file" not in kwargs and pruning_record(path) is not None:  # per-layer shapes (exporters.prune)
+            self.model = load_pruned(path).to(device).eval()
+        else:
+            self.model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs).to(device).eval()
 
     @classmethod
     def from_model(cls, model: object, device: str = "cpu") -> TorchReference:

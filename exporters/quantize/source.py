@@ -42,6 +42,7 @@ class QuantizedSource:
         self.arch = inner.arch
         self.path = inner.path
         self.kind = inner.kind
+        self.pruning = getattr(inner, "pruning", None)
 
     def has(self, name: str) -> bool:
         return self.inner.has(name)

@@ -16,15 +16,14 @@ Measured on SmolLM2-135M int4 g128 after GPTQ (perplexity on the evaluation text
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import numpy as np
+from edgekit.exporters.distill import distill
 from edgekit.exporters.quantize.rtn import rescale_groups
 from edgekit.exporters.quantize.sequential import torch_module, write_fake_quantized
 
 from edgekit.formats import BlockQuantWeight
-from edgekit.progress import progress
 
 LEARNING_RATE = 2e-3  # per step, on the relative factors θ and φ (Adam): scale-free, so one rate fits every model
 BATCH = 2  # windows per step
@@ -54,8 +53,6 @@ def tune_scales(teacher: Any, student: Any, quantized: dict[str, BlockQuantWeigh
     dequantized = {n: torch_module(student, n).weight.detach() for n in projections + norms}
     factors = {n: torch.zeros(quantized[n].scales.shape, device=device, requires_grad=True) for n in projections}
     factors.update({n: torch.zeros_like(dequantized[n], requires_grad=True) for n in norms})
-    optimizer = torch.optim.Adam(list(factors.values()), lr=LEARNING_RATE)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
 
     def weights() -> dict[str, Any]:
         out = {}
@@ -66,18 +63,8 @@ def tune_scales(teacher: Any, student: Any, quantized: dict[str, BlockQuantWeigh
             out[f"{paths[id(torch_module(student, name))]}.weight"] = base * f
         return out
 
-    ids = torch.from_numpy(windows).to(device)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in progress(range(steps), "tuning scales", total=steps):
-        batch = ids[torch.randint(0, len(ids), (min(BATCH, len(ids)),), generator=generator)]
-        with torch.no_grad():
-            target = torch.log_softmax(teacher(batch).logits.float(), dim=-1)
-        logp = torch.log_softmax(functional_call(student, weights(), (batch,)).logits.float(), dim=-1)
-        loss = (target.exp() * (target - logp)).sum(-1).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    distill(teacher, lambda batch: functional_call(student, weights(), (batch,)).logits, list(factors.values()),
+            windows, steps, LEARNING_RATE, "tuning scales", batch=BATCH, seed=seed)
     tuned = {n: rescale_groups(quantized[n], 1 + factors[n].detach().cpu().numpy()) for n in projections}
     new_norms = {n: (dequantized[n] * (1 + factors[n])).detach().cpu().numpy().astype(np.float32) for n in norms}
     student.to("cpu")

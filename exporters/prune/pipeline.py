@@ -1,0 +1,136 @@
+"""`edgekit prune` as stages: open the source -> calibration text -> importance -> selection -> cut the model ->
+recover (optional distillation from the unpruned model) -> write a Hugging Face folder.
+
+The folder is written to a temporary folder beside OUT and renamed at the end, as packages are: a failed
+or interrupted prune never leaves a half-written folder.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from edgekit.exporters.distill import distill, mean_kl
+from edgekit.exporters.hf_folder import copy_tokenizer_files, write_tokenizer_files
+from edgekit.exporters.prune.importance import measure
+from edgekit.exporters.prune.request import PruneRequest
+from edgekit.exporters.prune.selection import layer_dims, select
+from edgekit.exporters.prune.surgery import apply_keep, save_pruned
+from edgekit.exporters.quantize.calibration import calibration_windows
+from edgekit.exporters.quantize.spec import CalibrationConfig
+from edgekit.exporters.sources import open_source, source_tokenizer
+
+from edgekit.errors import EdgekitError
+
+# Recovery trains every weight but the embedding (tied to the output layer: 28M of SmolLM2's 135M, and the
+# layers it feeds are what pruning changed). The rate is measured on SmolLM2-135M (benchmarks/pruning.py).
+RECOVERY_LR = 1e-4
+RECOVERY_BATCH = 2
+# More text than GPTQ takes: recovery trains on it. Its last windows are held out to measure recovery.
+CALIBRATION = CalibrationConfig(n_prompts=32, new_tokens=256)
+HELD_OUT = 4
+
+
+@dataclass
+class PruneResult:
+    folder: Path
+    record: dict[str, Any]
+
+    def describe(self) -> str:
+        r, p = self.record, self.record["parameters"]
+        line = (f"{p['before'] / 1e6:.1f}M -> {p['after'] / 1e6:.1f}M parameters ({p['removed']:.1%} removed; "
+                f"layers {r['shape_before']['layers']} -> {len(r['layers'])}, query heads "
+                f"{r['shape_before']['heads']} -> {sum(x['heads'] for x in r['layers'])}, MLP channels "
+                f"{r['shape_before']['channels']} -> {sum(x['intermediate_size'] for x in r['layers'])}); "
+                f"{r['importance']}")
+        rec = r.get("recovery")
+        if rec:
+            line += (f"; recovery {rec['steps']} steps: KL to the unpruned model {rec['kl_before']:.3f} -> "
+                     f"{rec['kl_after']:.3f} nats/token on {rec['held_out_tokens']} held-out tokens")
+        return line
+
+
+def numel(module: Any) -> int:
+    """Parameters, a tied output layer counted once (torch's parameters() yields each tensor once)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def prune(src: str, out: str | Path, request: PruneRequest, calib: str | None = None,
+          recover_steps: int = 0) -> PruneResult:
+    """SRC (GGUF file, Hugging Face folder or built-in name) pruned as `request` says, optionally recovered by
+    `recover_steps` steps of distillation, written as a Hugging Face folder `out` (exporters.prune.surgery)."""
+    import torch
+    from edgekit.exporters.quantize.tune import float_teacher
+    from edgekit.exporters.reference import TorchReference
+
+    out = Path(out)
+    if out.exists():
+        raise EdgekitError("output already exists (remove it or choose another -o)", out)
+    if recover_steps < 0:
+        raise EdgekitError(f"--recover-steps is {recover_steps}, expected 0 or more")
+    source = open_source(src)
+    tokenizer, tok_info = source_tokenizer(source)
+    model = TorchReference(src, "cpu").model
+    cfg = CalibrationConfig(file=Path(calib) if calib else None, n_prompts=CALIBRATION.n_prompts,
+                            new_tokens=CALIBRATION.new_tokens)
+    windows = calibration_windows(model, tokenizer, cfg)
+    held = min(HELD_OUT, len(windows) // 4)
+    train, held_out = windows[: len(windows) - held], windows[len(windows) - held:]
+    layers = list(model.model.layers)
+    importance = measure(model, train, request.importance, with_layers=request.depth > 0)
+    total, layer_params = numel(model), [numel(layer) for layer in layers]
+    dims = layer_dims(model)
+    keep = select(importance, dims, layer_params, total, request)
+    teacher = float_teacher(model) if recover_steps else None
+    apply_keep(model, keep)
+    record: dict[str, Any] = {
+        "request": request.describe(), "importance": importance.describe(), "method": request.importance,
+        "calibration": f"{Path(calib).name}" if calib else f"self-generated, {windows.size} tokens",
+        "shape_before": {"layers": len(dims), "heads": sum(d.heads for d in dims),
+                         "channels": sum(d.width for d in dims)},
+        "layers": [k.record() for k in keep if k is not None],
+        "dropped_layers": [i for i, k in enumerate(keep) if k is None],
+        "parameters": {"before": total, "after": numel(model), "removed": 1 - numel(model) / total},
+    }
+    if teacher is not None:
+        record["recovery"] = recover(teacher, model, train, held_out if held else train, recover_steps)
+    with torch.no_grad():
+        model.float()
+    _write(out, model, record, source, tokenizer, tok_info)
+    return PruneResult(out, record)
+
+
+def recover(teacher: Any, student: Any, train: np.ndarray, held_out: np.ndarray, steps: int) -> dict[str, Any]:
+    """Distil the unpruned `teacher` into the pruned `student` (every weight but the embedding) for `steps` steps;
+    KL to the teacher on `held_out` windows before and after."""
+    before = mean_kl(teacher, student, held_out)
+    params = [p for name, p in student.named_parameters() if "embed_tokens" not in name and "lm_head" not in name]
+    student.train()
+    distill(teacher, lambda batch: student(batch).logits, params, train, steps, RECOVERY_LR, "recovery",
+            batch=RECOVERY_BATCH)
+    student.eval()
+    return {"steps": steps, "learning_rate": RECOVERY_LR, "kl_before": before,
+            "kl_after": mean_kl(teacher, student, held_out), "held_out_tokens": int(held_out.size)}
+
+
+def _write(out: Path, model: Any, record: dict[str, Any], source: Any, tokenizer: Any,
+           tok_info: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        tmp.mkdir(mode=0o755)
+        save_pruned(model, tmp, record)
+        if source.kind == "hf":
+            copy_tokenizer_files(Path(source.path), tmp)
+        else:
+            write_tokenizer_files(tmp, tokenizer, tok_info)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
