@@ -109,6 +109,16 @@ class PackageContents:
     targets: tuple[Target, ...]
 
 
+def int8_everywhere(contents: PackageContents) -> PackageContents:
+    """`contents` whose fast graph gives every projection int8 activations: its recipe lists no exact nodes. Opt-in,
+    to measure what the measured list buys (benchmarks/fast_mode.py) or to trade more accuracy for speed. The
+    graph is a copy, so `contents` can still be written too (writing moves a graph's tensors to the weights file)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(contents.built.model)
+    built = replace(contents.built, model=model, recipe=replace(contents.built.recipe, fast_exact=[]))
+    return replace(contents, built=built)
+
+
 def prepare(src: str, quant: QuantConfig | None = None, targets: tuple[str, ...] = DEFAULT_TARGETS,
             builder: str = "auto", static_length: int | None = None, static_chunk: int | None = None,
             static_context: int | None = None) -> PackageContents:
@@ -260,7 +270,7 @@ def write_package(main: PackageContents, out: Path, draft: PackageContents | Non
 
 def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConfig | None = None,
            targets: tuple[str, ...] = DEFAULT_TARGETS, builder: str = "auto", static_length: int | None = None,
-           static_chunk: int | None = None, static_context: int | None = None) -> Manifest:
+           static_chunk: int | None = None, static_context: int | None = None, fast_exact: bool = True) -> Manifest:
     """SRC (GGUF file, HF folder or built-in name) -> edgekit package folder `out`.
 
     `quant`: quantize the weights on export (exporters.quantize); None keeps them as the source has them.
@@ -272,6 +282,9 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
 
     `builder`: how the graph is made (prepare()); `static_length`, `static_chunk`, `static_context`: static-shape
     targets' shapes (prepare()).
+
+    `fast_exact`: the fast graph keeps the projections a data-aware export measured as sensitive at exact
+    activations (`recipe.fast_exact`); False gives every projection int8 activations (see int8_everywhere).
     """
     if Path(out).exists():
         raise EdgekitError("output already exists (remove it or choose another -o)", out)
@@ -280,6 +293,8 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
         raise EdgekitError(f"--draft needs dynamic shapes (speculative passes of varying length): not with "
                            f"--target {static[0]}")
     main = prepare(src, quant, targets, builder, static_length, static_chunk, static_context)
+    if not fast_exact:
+        main = int8_everywhere(main)
     if draft is not None and main.built.builder != "native":
         raise EdgekitError("--draft needs a decoder built by edgekit's native builder (this one came from optimum)",
                            src)
