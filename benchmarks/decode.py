@@ -77,8 +77,7 @@ from harness import (
     GGUF_FILE,
     SETUP,
     LoadMeter,
-    add_out_option,
-    add_peers_option,
+    add_run_options,
     fmt,
     format_table,
     gguf_path,
@@ -88,6 +87,7 @@ from harness import (
     perplexity,
     run_worker,
     timed_generation,
+    wanted,
     worker_main,
     write_results,
 )
@@ -421,29 +421,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=4, help="timed generations per path (median reported)")
-    ap.add_argument("--skip", action="append", default=[], choices=keys, metavar="PEER",
-                    help=f"leave a path out (repeatable): {', '.join(keys)}")
-    ap.add_argument("--paths", help="only these paths, comma-separated (same names as --skip)")
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--no-ppl", action="store_true", help="skip perplexity (a few minutes faster)")
-    ap.add_argument("--no-spin", action="store_true", help="threads wait without spinning: onnxruntime "
-                    "allow_spinning=0, OMP_WAIT_POLICY=PASSIVE (for busy machines)")
-    ap.add_argument("--pkg", type=Path, help="use this edgekit package instead of exporting a fresh one")
-    add_peers_option(ap)
-    add_out_option(ap, "decode")
-    args = ap.parse_args(argv)
-    unknown = sorted(set((args.paths or "").split(",")) - set(keys) - {""})
-    if unknown:
-        ap.error(f"--paths: unknown {', '.join(unknown)} (choose from {', '.join(keys)})")
-    return args
-
-
-def chosen_paths(args: argparse.Namespace) -> list[PathSpec]:
-    only = set(args.paths.split(",")) if args.paths else None
-    return [p for p in PATHS if p.key not in args.skip and p.group not in args.skip
-            and (only is None or p.key in only or p.group in only)]
+    add_run_options(ap, "decode", keys)
+    return ap.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
@@ -458,7 +440,7 @@ def main(argv: list[str]) -> int:
         artifacts = Artifacts(gguf, args.peers, args.pkg, Path(tmp))
         inputs = make_inputs(artifacts.package() / "tokenizer.json", settings)
         load = LoadMeter()
-        rows = run_paths(chosen_paths(args), artifacts, inputs, settings)
+        rows = run_paths([p for p in PATHS if wanted(args, p.key, p.group)], artifacts, inputs, settings)
         load_note = load.note()
     add_comparisons(rows)
     table = render_table(rows, settings, inputs, load_note)

@@ -57,6 +57,31 @@ def add_peers_option(parser: argparse.ArgumentParser) -> None:
                              "%(default)s)")
 
 
+def add_run_options(parser: argparse.ArgumentParser, name: str, keys: list[str]) -> None:
+    """The options every side-by-side benchmark takes: which paths, threads, spinning, package, peers, results."""
+    parser.add_argument("--skip", action="append", default=[], choices=keys, metavar="PATH",
+                        help=f"leave a path out (repeatable): {', '.join(keys)}")
+    def path_list(text: str) -> list[str]:
+        unknown = sorted(set(text.split(",")) - set(keys))
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)} (choose from {', '.join(keys)})")
+        return text.split(",")
+
+    parser.add_argument("--paths", type=path_list, metavar="A,B",
+                        help="only these paths, comma-separated (names as for --skip)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-spin", action="store_true", help="threads wait without spinning: onnxruntime "
+                        "allow_spinning=0, OMP_WAIT_POLICY=PASSIVE (for busy machines)")
+    parser.add_argument("--pkg", type=Path, help="use this edgekit package instead of exporting a fresh one")
+    add_peers_option(parser)
+    add_out_option(parser, name)
+
+
+def wanted(args: argparse.Namespace, *names: str) -> bool:
+    """Whether a path known by `names` (its key, its group) runs under --paths and --skip."""
+    return not set(names) & set(args.skip) and (args.paths is None or bool(set(names) & set(args.paths)))
+
+
 def default_out(name: str) -> Path:
     """Results prefix outside the repository, so a run never overwrites the tracked results files unless asked."""
     return cache_dir() / "results" / f"{name}-latest"

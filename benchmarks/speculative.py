@@ -89,8 +89,7 @@ from harness import (
     EdgekitBackend,
     LlamaCppBackend,
     LoadMeter,
-    add_out_option,
-    add_peers_option,
+    add_run_options,
     fmt,
     format_table,
     gguf_path,
@@ -99,6 +98,7 @@ from harness import (
     peer_python,
     run_worker,
     timed_generation,
+    wanted,
     worker_main,
     write_results,
 )
@@ -643,28 +643,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3, help="timed generations per prompt and mode (median)")
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--skip", action="append", default=[], choices=keys, metavar="PATH",
-                    help=f"leave a path out (repeatable): {', '.join(keys)}")
-    ap.add_argument("--no-spin", action="store_true",
-                    help="session.intra_op.allow_spinning=0 for edgekit (busy machines; +draft always)")
-    ap.add_argument("--pkg", type=Path,
-                    help="an existing package (with a draft for the +draft path) instead of a fresh export")
-    ap.add_argument("--paths", help=f"only these paths, comma-separated: {', '.join(keys)}")
     ap.add_argument("--prompts", type=int, help="only the first N prompts of each workload (quick runs)")
-    add_peers_option(ap)
-    add_out_option(ap, "speculative")
-    args = ap.parse_args(argv)
-    unknown = sorted(set((args.paths or "").split(",")) - set(keys) - {""})
-    if unknown:
-        ap.error(f"--paths: unknown {', '.join(unknown)} (choose from {', '.join(keys)})")
-    return args
+    add_run_options(ap, "speculative", keys)  # --pkg: with a draft, for the +draft path; --no-spin: edgekit's
+    return ap.parse_args(argv)
 
 
 def chosen(args: argparse.Namespace) -> tuple[list[PathSpec], list[Prompt]]:
     """The paths and prompts of this run (--paths, --skip, --prompts)."""
-    only = set(args.paths.split(",")) if args.paths else {p.key for p in PATHS}
-    paths = [p for p in PATHS if p.key in only and p.key not in args.skip]
+    paths = [p for p in PATHS if wanted(args, p.key)]
     prompts = [p for w in ("reuse", "free") for p in [q for q in PROMPTS if q.workload == w][:args.prompts]]
     return paths, prompts
 
