@@ -79,6 +79,7 @@ def test_int8_everywhere_ignores_the_measured_list(tmp_path: Path, tiny_gguf_fil
     from dataclasses import replace
 
     from edgekit.exporters.pipeline import int8_everywhere, prepare, write_package
+
     from edgekit.package import read_manifest
 
     contents = prepare(str(tiny_gguf_file))
