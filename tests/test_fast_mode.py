@@ -66,3 +66,31 @@ def test_lowering_keeps_exact_nodes_at_level_0(tiny_gguf_pkg: Path, fast: bool) 
     for out, level in levels.items():
         exact = not fast or out.startswith("layers.0.qkv")
         assert level == (ACCURACY_EXACT if exact else ACCURACY_INT8), out
+
+
+def _fast_levels(pkg: Path) -> dict[str, int]:
+    """accuracy_level of each MatMulNBits in the package's CPU fast graph, by output name."""
+    graph = onnx.load(str(pkg / TARGETS["cpu"].graph_file(fast=True)), load_external_data=False)
+    return {n.output[0]: next(a.i for a in n.attribute if a.name == "accuracy_level")
+            for n in graph.graph.node if n.op_type == "MatMulNBits"}
+
+
+def test_int8_everywhere_ignores_the_measured_list(tmp_path: Path, tiny_gguf_file: Path) -> None:
+    from dataclasses import replace
+
+    from edgekit.exporters.pipeline import int8_everywhere, prepare, write_package
+
+    from edgekit.package import read_manifest
+
+    contents = prepare(str(tiny_gguf_file))
+    measured = replace(contents.built.recipe, fast_exact=["layers.0.qkv"])
+    contents = replace(contents, built=replace(contents.built, recipe=measured))
+    everywhere = int8_everywhere(contents)  # before writing `contents`: both must be writable
+    write_package(contents, tmp_path / "listed")
+    write_package(everywhere, tmp_path / "everywhere")
+    listed, all_int8 = _fast_levels(tmp_path / "listed"), _fast_levels(tmp_path / "everywhere")
+    assert listed.keys() == all_int8.keys() and any(o.startswith("layers.0.qkv") for o in listed)
+    assert {o for o, level in listed.items() if level == ACCURACY_EXACT} == \
+        {o for o in listed if o.startswith("layers.0.qkv")}
+    assert set(all_int8.values()) == {ACCURACY_INT8}
+    assert read_manifest(tmp_path / "everywhere").data["recipe"]["fast_exact"] == []
