@@ -120,7 +120,7 @@ def export(src: str, out: str, draft: str | None, weights: str | None, group_siz
     from edgekit.exporters.quantize.spec import quant_config_from_options
 
     quant = quant_config_from_options(weights, group_size, symmetric, method, calib, act_order, plan, target_bpw,
-                                      tune_steps)
+                                      tune_steps, pruning=prune_spec is not None)
     if recover_steps and prune_spec is None:
         raise EdgekitError("--recover-steps recovers a pruned model: give --prune too")
     prune = request_from_spec(prune_spec) if prune_spec is not None else None

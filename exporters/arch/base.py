@@ -119,9 +119,9 @@ class Architecture:
             attention_bias="layers.0.q_bias" in shapes,
             sliding_window=cfg.get("sliding_window") if sliding else None,
             rope_scaling=cfg.values.get("rope_scaling"),
-            layer_intermediate_sizes=None if len(set(widths)) <= 1 else widths,
-            layer_num_heads=None if len(set(q_heads)) <= 1 else q_heads,
-            layer_num_kv_heads=None if len(set(kv_heads)) <= 1 else kv_heads,
+            layer_intermediate_sizes=_per_layer(widths, cfg.require("intermediate_size")),
+            layer_num_heads=_per_layer(q_heads, heads),
+            layer_num_kv_heads=_per_layer(kv_heads, cfg.get("num_key_value_heads") or heads),
         )
 
     @classmethod
@@ -310,6 +310,12 @@ def _fuse(parts: list[Weight]) -> Weight | None:
             len({w.source_format for w in parts}) == 1:  # type: ignore[union-attr]
         return BlockQuantWeight.concat_rows(parts)  # type: ignore[arg-type]
     return None
+
+
+def _per_layer(values: tuple[int, ...], everywhere: int) -> tuple[int, ...] | None:
+    """Per-layer sizes, or None when every layer has the config's own value (pruned folders may keep the source's
+    sizes in config.json while every layer shrank alike)."""
+    return None if set(values) <= {everywhere} else values
 
 
 def _heads_per_layer(shapes: dict[str, tuple[int, ...]], layers: int, kind: str, head_dim: int) -> tuple[int, ...]:

@@ -34,6 +34,13 @@ class Importance:
     layers: np.ndarray | None  # per layer, loss increase when skipped (None: not measured)
     tokens: int
 
+    @classmethod
+    def zeros(cls, dims: list[Any]) -> Importance:
+        """Equal scores everywhere (selection.Dims per layer): a dry run of the selection checks a request against
+        the model's shapes before any calibration work."""
+        return cls("none", [np.zeros(d.heads) for d in dims], [np.zeros(d.kv_heads) for d in dims],
+                   [np.zeros(d.width) for d in dims], np.zeros(len(dims)), 0)
+
     def describe(self) -> str:
         how = {"activation": "mean output norm per head and |activation| x down-projection norm per MLP channel",
                "taylor": "|sum of weight x gradient| of the language-model loss per head, KV group and MLP "

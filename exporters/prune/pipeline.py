@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from edgekit.exporters.distill import distill, mean_kl
 from edgekit.exporters.hf_folder import copy_tokenizer_files, write_tokenizer_files
-from edgekit.exporters.prune.importance import measure
+from edgekit.exporters.prune.importance import Importance, measure
 from edgekit.exporters.prune.request import PruneRequest
 from edgekit.exporters.prune.selection import layer_dims, select
 from edgekit.exporters.prune.surgery import apply_keep, save_pruned
@@ -76,15 +76,15 @@ def prune(src: str, out: str | Path, request: PruneRequest, calib: str | None = 
     source = open_source(src)
     tokenizer, tok_info = source_tokenizer(source)
     model = TorchReference(src, "cpu").model
+    layers = list(model.model.layers)
+    total, layer_params, dims = numel(model), [numel(layer) for layer in layers], layer_dims(model)
+    select(Importance.zeros(dims), dims, layer_params, total, request)  # bad requests fail before the slow part
     cfg = CalibrationConfig(file=Path(calib) if calib else None, n_prompts=CALIBRATION.n_prompts,
                             new_tokens=CALIBRATION.new_tokens)
     windows = calibration_windows(model, tokenizer, cfg)
     held = min(HELD_OUT, len(windows) // 4)
     train, held_out = windows[: len(windows) - held], windows[len(windows) - held:]
-    layers = list(model.model.layers)
     importance = measure(model, train, request.importance, with_layers=request.depth > 0)
-    total, layer_params = numel(model), [numel(layer) for layer in layers]
-    dims = layer_dims(model)
     keep = select(importance, dims, layer_params, total, request)
     teacher = float_teacher(model) if recover_steps else None
     apply_keep(model, keep)

@@ -86,9 +86,13 @@ class QuantConfig:
 def quant_config_from_options(weights: str | None, group_size: int | None = None, symmetric: bool = False,
                               method: str | None = None, calib: str | None = None,
                               act_order: bool | None = None, plan: str | None = None,
-                              target_bpw: float | None = None, tune_steps: int = 0) -> QuantConfig | None:
+                              target_bpw: float | None = None, tune_steps: int = 0,
+                              pruning: bool = False) -> QuantConfig | None:
     """`edgekit export`'s quantization options as a QuantConfig (None: no --weights, --plan or --target-bpw:
-    keep the source's weights)."""
+    keep the source's weights). With `pruning`, --calib also feeds the pruning, so a quantizer that reads no
+    calibration text leaves it unused instead of refusing it."""
+    if pruning and calib is not None and not (method == "gptq" or target_bpw is not None or tune_steps > 0):
+        calib = None
     if weights is None and plan is None and target_bpw is None:
         options = (("--group-size", group_size), ("--symmetric", symmetric), ("--method", method),
                    ("--calib", calib), ("--act-order", act_order is not None), ("--tune-steps", tune_steps))

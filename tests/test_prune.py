@@ -1,0 +1,196 @@
+"""Structured pruning (exporters.prune): smaller real tensors per layer, exported and run exactly like the pruned
+PyTorch model, alone and with low-bit weights; bad requests refused in one line with nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from edgekit.exporters.prune import load_pruned
+from edgekit.exporters.reference import TorchReference
+from edgekit.exporters.validate import Thresholds, validate
+from edgekit.runtime import Model
+from factories import tiny_gguf, tiny_hf_model
+from safetensors import safe_open
+from test_bad_input import _fails
+
+from edgekit.cli import main
+from edgekit.evaltext import default_text
+from edgekit.package import read_manifest
+
+PLAN = """
+ratio: 0.02
+rules:
+  - match: layers.0
+    heads: 2
+    mlp: 64
+  - match: layers.3
+    drop: true
+  - match: layers.2
+    keep: true
+"""
+
+
+def _cli(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_hf_model(tmp_path_factory.mktemp("prune") / "src", num_hidden_layers=4)
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A calibration file: the model's own text (the default) costs more time than these tests need."""
+    path = tmp_path_factory.mktemp("calib") / "calib.txt"
+    path.write_text(default_text()[:12_000])
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory: pytest.TempPathFactory, src: Path, calib: str) -> Path:
+    root = tmp_path_factory.mktemp("pruned")
+    (root / "plan.yaml").write_text(PLAN)
+    _cli("prune", str(src), "-o", str(root / "out"), "--plan", str(root / "plan.yaml"), "--calib", calib)
+    return root / "out"
+
+
+def _param_count(folder: Path) -> int:
+    total = 0
+    for f in folder.glob("*.safetensors"):
+        with safe_open(str(f), framework="pt") as st:
+            total += sum(int(np.prod(st.get_slice(k).get_shape())) for k in st.keys())  # noqa: SIM118
+    return total
+
+
+def test_plan_gives_uneven_real_tensors(src: Path, pruned: Path) -> None:
+    record = json.loads((pruned / "config.json").read_text())["edgekit_pruning"]
+    layers = record["layers"]
+    assert record["dropped_layers"] == [3] and [x["source"] for x in layers] == [0, 1, 2]
+    assert (layers[0]["heads"], layers[0]["intermediate_size"]) == (2, 64)
+    assert (layers[2]["heads"], layers[2]["kv_heads"], layers[2]["intermediate_size"]) == (4, 2, 128)
+    with safe_open(str(next(pruned.glob("*.safetensors"))), framework="pt") as st:
+        for i, shape in enumerate(layers):
+            q = st.get_slice(f"model.layers.{i}.self_attn.q_proj.weight").get_shape()
+            k = st.get_slice(f"model.layers.{i}.self_attn.k_proj.weight").get_shape()
+            down = st.get_slice(f"model.layers.{i}.mlp.down_proj.weight").get_shape()
+            assert (q[0], k[0], down[1]) == (16 * shape["heads"], 16 * shape["kv_heads"], shape["intermediate_size"])
+    params = record["parameters"]
+    assert params["after"] == _param_count(pruned) and params["before"] == _param_count(src)
+    assert 0.02 <= params["removed"] < 0.025  # the ratio, overshot by less than one removal step
+
+
+def test_package_matches_pruned_torch_model(tmp_path: Path, pruned: Path) -> None:
+    _cli("export", str(pruned), "-o", str(tmp_path / "pkg"))
+    manifest = read_manifest(tmp_path / "pkg")
+    record = json.loads((pruned / "config.json").read_text())["edgekit_pruning"]
+    assert manifest.data["recipe"]["pruning"]["layers"] == record["layers"]
+    c = manifest.model
+    assert [c.heads_of(i) for i in range(c.num_layers)] == [x["heads"] for x in record["layers"]]
+    assert [c.kv_heads_of(i) for i in range(c.num_layers)] == [x["kv_heads"] for x in record["layers"]]
+    assert [c.intermediate_size_of(i) for i in range(c.num_layers)] == [x["intermediate_size"] for x in record["layers"]]
+    report = validate(Model(tmp_path / "pkg"), TorchReference(str(pruned), "cpu"), 16, None, Thresholds())
+    assert not report.failures, report.table()
+    assert report.max_logit_error < 1e-4 and all(g == report.greedy_tokens for g in report.greedy_identical)
+    assert "pruned: per-layer shapes" in _cli("inspect", str(tmp_path / "pkg"))
+
+
+def test_uniform_pruning_loads_with_plain_transformers(tmp_path: Path, src: Path, calib: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    (tmp_path / "plan.yaml").write_text("rules:\n  - match: 'layers.*'\n    heads: 2\n    kv_heads: 1\n    mlp: 96\n")
+    _cli("prune", str(src), "-o", str(tmp_path / "out"), "--plan", str(tmp_path / "plan.yaml"), "--calib", calib)
+    plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
+    ours = load_pruned(tmp_path / "out")
+    ids = __import__("torch").tensor([[5, 9, 200, 31]])
+    assert plain.config.num_attention_heads == 2 and plain.config.intermediate_size == 96
+    assert (plain(ids).logits - ours(ids).logits).abs().max() < 1e-5
+
+
+def test_export_prune_with_recovery_then_int4(tmp_path: Path, src: Path) -> None:
+    """Straight to a package: pruned by gradient importance, recovered, quantized to int4 with GPTQ; the package
+    equals PyTorch running the pruned model with the package's own dequantized weights (greedy)."""
+    out = _cli("export", str(src), "-o", str(tmp_path / "pkg"), "--prune", "0.03", "--recover-steps", "8",
+               "--weights", "int4", "--group-size", "16", "--method", "gptq")
+    assert "wrote" in out
+    manifest = read_manifest(tmp_path / "pkg")
+    pruning = manifest.data["recipe"]["pruning"]
+    assert pruning["recovery"]["steps"] == 8 and pruning["recovery"]["kl_after"] < pruning["recovery"]["kl_before"]
+    assert "(pruned: ratio 0.03)" in manifest.data["source"]["name"]
+    assert manifest.data["recipe"]["method"] == "gptq"
+    assert not list(tmp_path.glob(".pkg.pruned-*"))  # the temporary folder is gone
+    ids = Model(tmp_path / "pkg").encode("Hello world, this is")
+    assert len(list(Model(tmp_path / "pkg").generate_ids(ids, __import__("edgekit.runtime", fromlist=["x"])
+                                                         .GenerationConfig(max_new_tokens=8, stop_token_ids=())))) == 8
+
+
+def test_taylor_importance_and_depth(tmp_path: Path, src: Path, calib: str) -> None:
+    out = _cli("prune", str(src), "-o", str(tmp_path / "out"), "--ratio", "0.02", "--depth", "0.5",
+               "--importance", "taylor", "--calib", calib)
+    assert "taylor importance" in out and "layers by the loss increase when skipped" in out
+    record = json.loads((tmp_path / "out" / "config.json").read_text())["edgekit_pruning"]
+    assert len(record["dropped_layers"]) == 1  # a layer is 1.1% of this model: one of the 2%, the rest from width
+    assert record["parameters"]["removed"] >= 0.02 and sum(x["intermediate_size"] for x in record["layers"]) < 3 * 128
+    ref = TorchReference(str(tmp_path / "out"), "cpu")
+    assert len(ref.model.model.layers) == 3
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3_text"])
+def test_other_architectures_prune_and_match(tmp_path: Path, arch: str, calib: str) -> None:
+    """QK-norm (qwen3) and per-layer attention types (gemma3: sliding and global layers narrowed with the drop)."""
+    src = tiny_hf_model(tmp_path / "src", arch=arch, num_hidden_layers=4)
+    (tmp_path / "plan.yaml").write_text("rules:\n  - match: layers.1\n    drop: true\n  - match: layers.0\n"
+                                        "    heads: 2\n    mlp: 64\n")
+    _cli("prune", str(src), "-o", str(tmp_path / "out"), "--plan", str(tmp_path / "plan.yaml"), "--calib", calib)
+    _cli("export", str(tmp_path / "out"), "-o", str(tmp_path / "pkg"))
+    report = validate(Model(tmp_path / "pkg"), TorchReference(str(tmp_path / "out"), "cpu"), 12, None, Thresholds())
+    assert not report.failures, report.table()
+
+
+def test_gguf_source_pruned_and_requantized(tmp_path: Path, src: Path, calib: str) -> None:
+    gguf = tiny_gguf(tmp_path / "m.gguf", src)
+    _cli("export", str(gguf), "-o", str(tmp_path / "pkg"), "--prune", "0.02", "--weights", "int8", "--group-size", "16",
+         "--calib", calib)
+    manifest = read_manifest(tmp_path / "pkg")
+    assert manifest.data["recipe"]["pruning"]["parameters"]["removed"] >= 0.02
+    assert set(manifest.data["recipe"]["summary"]) <= {"int8g16", "f32"}
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--ratio", "0"], "strictly between 0 and 1"),
+    (["--ratio", "1.5"], "strictly between 0 and 1"),
+    (["--ratio", "0.9"], "cannot be met without removing every head or channel"),
+    ([], "nothing to prune"),
+])
+def test_bad_ratio(tmp_path: Path, src: Path, args: list[str], expected: str) -> None:
+    _fails(["prune", str(src), "-o", str(tmp_path / "out"), *args], expected)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
+
+
+@pytest.mark.parametrize(("plan", "expected"), [
+    ("rules:\n  - match: layers.9\n    drop: true\n", "matches no layer"),
+    ("rules:\n  - match: 'layers.*'\n    drop: true\n", "drop every layer"),
+    ("rules:\n  - match: layers.0\n    heads: 0\n", "expected a whole number of at least 1"),
+    ("rules:\n  - match: layers.0\n    heads: 3\n", "cannot be kept as whole groups"),
+    ("rules:\n  - match: layers.0\n    mlp: 4096\n", "more than its 128 channels"),
+    ("ratio: 0.045\ndepth: 1\nrules: []\n", "every layer"),
+    ("ratio: 2\n", "strictly between 0 and 1"),
+    ("colour: red\n", "unknown key"),
+])
+def test_bad_plan(tmp_path: Path, src: Path, plan: str, expected: str) -> None:
+    (tmp_path / "plan.yaml").write_text(plan)
+    err = _fails(["prune", str(src), "-o", str(tmp_path / "out"), "--plan", str(tmp_path / "plan.yaml")], expected)
+    assert "plan.yaml" in err or "ratio" in err
+    assert not (tmp_path / "out").exists()
+    _fails(["export", str(src), "-o", str(tmp_path / "pkg"), "--prune", str(tmp_path / "plan.yaml")], expected)
+    assert not (tmp_path / "pkg").exists() and not list(tmp_path.glob(".pkg.*"))
+
+
+def test_recover_steps_needs_prune(tmp_path: Path, src: Path) -> None:
+    _fails(["export", str(src), "-o", str(tmp_path / "pkg"), "--recover-steps", "5"], "give --prune too")
