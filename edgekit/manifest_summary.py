@@ -105,11 +105,11 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
 
 
-def _layer_ranges(layers: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
-    """Consecutive layers with the same formats folded into one row ("0-29")."""
+def _layer_ranges(layers: list[dict[str, Any]], keys: tuple[str, ...] = PROJECTIONS) -> list[tuple[str, list[str]]]:
+    """Consecutive layers with the same values under `keys` folded into one row ("0-29")."""
     out: list[tuple[int, int, list[str]]] = []
     for row in layers:
-        fmts = [row[p] for p in PROJECTIONS]
+        fmts = [row[p] for p in keys]
         if out and out[-1][2] == fmts and out[-1][1] == row["index"] - 1:
             out[-1] = (out[-1][0], row["index"], fmts)
         else:
@@ -120,6 +120,22 @@ def _layer_ranges(layers: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
 def _grid(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
     return [indent + "  ".join(f"{c:<{w}}" for c, w in zip(line, widths)).rstrip() for line in [header, *rows]]
+
+
+def _pruning_lines(p: dict[str, Any]) -> list[str]:
+    """How the source was pruned, and each layer's kept shape (runs of equal layers merged)."""
+    n = p.get("parameters", {})
+    line = (f"pruned        {p.get('request')}: {n.get('before', 0) / 1e6:.1f}M -> {n.get('after', 0) / 1e6:.1f}M "
+            f"parameters ({n.get('removed', 0):.1%} removed), {p.get('method')} importance")
+    if p.get("dropped_layers"):
+        line += f", source layers dropped {p['dropped_layers']}"
+    rec = p.get("recovery")
+    if isinstance(rec, dict):
+        line += f", recovered {rec.get('steps')} steps (KL {rec.get('kl_before', 0):.3f} -> {rec.get('kl_after', 0):.3f})"
+    shapes = [{"index": i, "kept": f"{x.get('heads')}/{x.get('kv_heads')} heads, MLP {x.get('intermediate_size')}"}
+              for i, x in enumerate(p.get("layers", []))]
+    rows = [[idx, *kept] for idx, kept in _layer_ranges(shapes, ("kept",))]
+    return [line, *_grid(["layers", "kept (query/key-value heads, MLP channels)"], rows, " " * 14)]
 
 
 def summary_table(s: dict[str, Any]) -> str:
@@ -147,6 +163,8 @@ def summary_table(s: dict[str, Any]) -> str:
     if r.get("tune_steps"):
         recipe.append(f"tuned {r['tune_steps']} steps")
     lines.append("recipe        " + ", ".join(recipe) + f"; formats {json.dumps(r.get('summary', {}))}")
+    if isinstance(r.get("pruning"), dict):
+        lines += _pruning_lines(r["pruning"])
     f = s["formats"]
     if f["groups"]:
         lines.append("formats       per tensor (torch module paths, * for every layer):")

@@ -1,0 +1,193 @@
+"""Structured pruning of SmolLM2-135M: quality and speed at 10%, 25% and 40% fewer parameters, without and with
+recovery, and pruned + int4, measured side by side with the unpruned model in one run.
+
+Usage: python benchmarks/pruning.py [--ratios 0.1,0.25,0.4] [--recover-steps 150] [--out PREFIX]
+
+The GGUF (Q4_1) is dequantized by transformers to an fp32 Hugging Face folder, the unpruned reference. Each
+ratio is pruned by `edgekit.exporters.prune` (activation importance on the model's own calibration text, the
+default), once as is and once with recovery (distillation from the unpruned model). Every model is exported as
+an fp32 package; the unpruned model and the recovered ones also as int4 g32 GPTQ packages (the format closest
+to the GGUF's Q4_1: 4-bit codes, a scale and a minimum per 32 weights). Then, in one process, per package:
+perplexity on the evaluation text (edgekit.evaltext, 9,579 tokens), KL to the unpruned fp32 model on its
+first 2,048 tokens, greedy agreement with the unpruned fp32 model (identical tokens of 64, 4 prompts), the
+factual check (edgekit.factcheck: 60 prompts with one-word answers, exact match), size on disk, and decode
+tokens/s and time to first token (128-token prompt; medians of 3 rounds, 2 threads). Speed ratios compare each
+package with the unpruned package of the same weight format.
+
+Pruned folders and packages are kept under ${XDG_CACHE_HOME:-~/.cache}/edgekit/pruning (delete it to rebuild).
+About an hour on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from harness import LoadMeter, add_out_option, cache_dir, fmt, format_table, gguf_path, logger, write_results
+
+log = logger("pruning")
+THREADS = 2
+KL_TOKENS = 2048
+GREEDY_PROMPTS = ("The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,",
+                  "The main causes of the war were")
+GREEDY_TOKENS = 64
+INT4 = ("int4", 32)  # format, group size
+
+
+def built(path: Path, build: Any) -> Path:
+    """`path`, built by `build(tmp)` into a temporary sibling and renamed, unless it is already there."""
+    if not path.exists():
+        tmp = path.with_name(path.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        build(tmp)
+        tmp.rename(path)
+    return path
+
+
+def unpruned_folder(work: Path) -> Path:
+    """The GGUF as an fp32 Hugging Face folder with edgekit's tokenizer (exporters.hf_folder)."""
+    def build(out: Path) -> None:
+        from edgekit.exporters.hf_folder import write_tokenizer_files
+        from edgekit.exporters.reference import TorchReference
+        from edgekit.exporters.sources import open_source, source_tokenizer
+
+        log("unpruned fp32 folder from the GGUF")
+        TorchReference(str(gguf_path()), "cpu").model.save_pretrained(str(out))
+        write_tokenizer_files(out, *source_tokenizer(open_source(str(gguf_path()))))
+    return built(work / "unpruned", build)
+
+
+def pruned_folder(work: Path, base: Path, ratio: float, steps: int) -> Path:
+    def build(out: Path) -> None:
+        from edgekit.exporters.prune import PruneRequest, prune
+
+        log(f"pruning {ratio:.0%}" + (f", recovering {steps} steps" if steps else ""))
+        result = prune(str(base), out, PruneRequest(ratio=ratio), recover_steps=steps)
+        log(result.describe())
+    return built(work / f"pruned-{ratio:g}-r{steps}", build)
+
+
+def package(folder: Path, fmt_name: str | None) -> Path:
+    def build(out: Path) -> None:
+        from edgekit.exporters.pipeline import export
+        from edgekit.exporters.quantize import GridFormat, QuantConfig
+
+        log(f"exporting {folder.name} as {fmt_name or 'fp32'}")
+        quant = QuantConfig(GridFormat(4, INT4[1]), "gptq") if fmt_name else None
+        export(str(folder), out, quant=quant)
+    return built(folder.parent / f"{folder.name}.{fmt_name or 'fp32'}.pkg", build)
+
+
+def measure(pkg: Path, reference: Any, ref_greedy: list[list[int]] | None) -> dict[str, Any]:
+    """Every column for one package (module docstring); `reference` is the unpruned fp32 Model."""
+    from edgekit.runtime import GenerationConfig, Model
+    from edgekit.runtime.bench import decode_rate, time_to_first_token
+    from edgekit.runtime.bench_common import size_on_disk_mb
+
+    from edgekit.evaltext import default_text, log_softmax, perplexity, windows
+    from edgekit.factcheck import accuracy
+
+    model = Model(pkg, threads=THREADS)
+    ids = model.codec.encode(default_text())
+    ppl = perplexity(model.logits, ids)
+    kl = []
+    for w in list(windows(ids))[: KL_TOKENS // 512]:
+        p, q = log_softmax(reference.logits(w)), log_softmax(model.logits(w))
+        kl.append((np.exp(p) * (p - q)).sum(-1))
+    gen = GenerationConfig(max_new_tokens=GREEDY_TOKENS, stop_token_ids=())
+    greedy = [list(model.generate_ids(model.encode(p), gen)) for p in GREEDY_PROMPTS]
+    agree = None if ref_greedy is None else statistics.mean(
+        next((i for i, (a, b) in enumerate(zip(g, r)) if a != b), len(g)) for g, r in zip(greedy, ref_greedy))
+    facts, _ = accuracy(lambda prompt, n: model.generate(prompt, max_new_tokens=n))  # type: ignore[arg-type,return-value]
+    prompt = ids[:128]
+    ttft = statistics.median(time_to_first_token(model, prompt) for _ in range(4))
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    pruning = manifest["recipe"].get("pruning") or {}
+    params = (pruning.get("parameters") or {}).get("after")
+    return {"package": str(pkg), "perplexity": ppl, "kl": float(np.concatenate(kl).mean()), "greedy": agree,
+            "facts": facts, "size_mb": size_on_disk_mb(pkg), "tokens_per_s": decode_rate(model, 128, 64, 3),
+            "ttft_ms": ttft, "parameters": params, "greedy_tokens": greedy,
+            "recovery": pruning.get("recovery"), "shapes": pruning.get("layers")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ratios", default="0.1,0.25,0.4", help="fractions of the parameters removed")
+    parser.add_argument("--recover-steps", type=int, default=150)
+    parser.add_argument("--work", type=Path, default=cache_dir() / "pruning", help="folders and packages (kept)")
+    add_out_option(parser, "pruning")
+    args = parser.parse_args()
+    from edgekit.runtime import Model
+
+    ratios = [float(r) for r in args.ratios.split(",")]
+    args.work.mkdir(parents=True, exist_ok=True)
+    base = unpruned_folder(args.work)
+    rows: list[tuple[str, str, float, int, Path]] = [("unpruned", "fp32", 0.0, 0, package(base, None)),
+                                                     ("unpruned", "int4", 0.0, 0, package(base, "int4"))]
+    for ratio in ratios:
+        for steps in (0, args.recover_steps):
+            folder = pruned_folder(args.work, base, ratio, steps)
+            rows.append((f"{ratio:.0%} pruned" + (f", {steps} recovery steps" if steps else ""), "fp32", ratio,
+                         steps, package(folder, None)))
+            if steps:
+                rows.append((rows[-1][0], "int4", ratio, steps, package(folder, "int4")))
+    log("measuring")
+    meter = LoadMeter()
+    reference = Model(rows[0][4], threads=THREADS)
+    results: list[dict[str, Any]] = []
+    ref_greedy = None
+    for label, fmt_name, ratio, steps, pkg in rows:
+        log(f"measuring {label} ({fmt_name})")
+        r = measure(pkg, reference, ref_greedy)
+        ref_greedy = ref_greedy or r["greedy_tokens"]
+        r.update(label=label, format=fmt_name, ratio=ratio, recover_steps=steps)
+        results.append(r)
+    note = meter.note()
+    base_params = None
+    for r in results:
+        if r["parameters"] is None:
+            r["parameters"] = base_params = base_params or _parameters(base)
+    same = {r["format"]: r for r in results if r["ratio"] == 0}
+    for r in results:
+        u = same[r["format"]]
+        r["removed"] = 1 - r["parameters"] / u["parameters"]
+        r["speedup"] = r["tokens_per_s"] / u["tokens_per_s"]
+    head = ["model", "weights", "params", "removed", "ppl", "KL", "greedy/64", "facts", "MB", "tok/s", "vs unpruned",
+            "TTFT ms"]
+    body = [[r["label"], r["format"], f"{r['parameters'] / 1e6:.1f}M", f"{r['removed']:.1%}",
+             f"{r['perplexity']:.2f}", fmt(r["kl"], ".3f"), fmt(r["greedy"], ".1f"), f"{r['facts']:.0%}",
+             f"{r['size_mb']:.1f}", f"{r['tokens_per_s']:.1f}", f"{r['speedup']:.2f}x", f"{r['ttft_ms']:.0f}"]
+            for r in results]
+    table = "\n".join([
+        ("SmolLM2-135M-Instruct pruned by edgekit (activation importance, self-generated calibration text); "
+        f"{THREADS} threads"),
+        *format_table(head, body, 2),
+        ("ppl: evaluation text (9,579 tokens); KL: to the unpruned fp32 model, nats/token on 2,048 tokens; "
+        "greedy/64: tokens identical to the unpruned fp32 model before the first difference, mean of 4 prompts; "
+        "facts: exact match on 60 one-word answers (edgekit.factcheck); tok/s: decode, 64 tokens after 128, median "
+        "of 3; vs unpruned: the unpruned package of the same weights' format."),
+        note])
+    print(table)
+    for r in results:
+        r.pop("greedy_tokens")
+    write_results(args.out, table, {"rows": results})
+
+
+def _parameters(folder: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for f in folder.glob("*.safetensors"):
+        with safe_open(str(f), framework="np") as st:
+            total += sum(int(np.prod(st.get_slice(k).get_shape())) for k in st.keys())  # noqa: SIM118
+    return total
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""A fixed knowledge check: short prompts whose greedy continuation should start with a known one-word answer.
+
+Perplexity hides what pruning costs past moderate sparsity (LLM-KICK, Jaiswal et al., 2023): a model can keep
+its perplexity and lose its facts. So pruning is also measured on facts a small model knows unpruned:
+capitals, chemical symbols, and common knowledge. Written for edgekit; answers checked by hand.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+FACTS: tuple[tuple[str, str], ...] = (
+    ("The capital of France is", "Paris"),
+    ("The capital of Germany is", "Berlin"),
+    ("The capital of Italy is", "Rome"),
+    ("The capital of Spain is", "Madrid"),
+    ("The capital of Japan is", "Tokyo"),
+    ("The capital of Russia is", "Moscow"),
+    ("The capital of England is", "London"),
+    ("The capital of Egypt is", "Cairo"),
+    ("The capital of Greece is", "Athens"),
+    ("The capital of Portugal is", "Lisbon"),
+    ("The capital of Austria is", "Vienna"),
+    ("The capital of Ireland is", "Dublin"),
+    ("The capital of Norway is", "Oslo"),
+    ("The capital of Sweden is", "Stockholm"),
+    ("The capital of Poland is", "Warsaw"),
+    ("The capital of China is", "Beijing"),
+    ("The capital of South Korea is", "Seoul"),
+    ("The capital of Thailand is", "Bangkok"),
+    ("The capital of Kenya is", "Nairobi"),
+    ("The capital of Argentina is", "Buenos"),
+    ("The capital of Peru is", "Lima"),
+    ("The capital of Cuba is", "Havana"),
+    ("The capital of Canada is", "Ottawa"),
+    ("The capital of Australia is", "Canberra"),
+    ("The capital of Turkey is", "Ankara"),
+    ("The capital of Iran is", "Tehran"),
+    ("The capital of Hungary is", "Budapest"),
+    ("The capital of Finland is", "Helsinki"),
+    ("The capital of Denmark is", "Copenhagen"),
+    ("The capital of Belgium is", "Brussels"),
+    ("The chemical symbol for gold is", "Au"),
+    ("The chemical symbol for silver is", "Ag"),
+    ("The chemical symbol for iron is", "Fe"),
+    ("The chemical symbol for sodium is", "Na"),
+    ("The chemical symbol for potassium is", "K"),
+    ("The chemical symbol for oxygen is", "O"),
+    ("The chemical symbol for hydrogen is", "H"),
+    ("The chemical symbol for carbon is", "C"),
+    ("The chemical symbol for helium is", "He"),
+    ("The chemical symbol for copper is", "Cu"),
+    ("The largest planet in our solar system is", "Jupiter"),
+    ("The planet closest to the Sun is", "Mercury"),
+    ("The Red Planet is", "Mars"),
+    ("The largest ocean on Earth is the", "Pacific"),
+    ("The longest river in Africa is the", "Nile"),
+    ("The author of Romeo and Juliet is William", "Shakespeare"),
+    ("Water freezes at a temperature of zero degrees", "Celsius"),
+    ("The first President of the United States was George", "Washington"),
+    ("The currency of Japan is the", "yen"),
+    ("The currency of the United Kingdom is the pound", "sterling"),
+    ("The Mona Lisa was painted by Leonardo da", "Vinci"),
+    ("The theory of relativity was developed by Albert", "Einstein"),
+    ("The tallest mountain in the world is Mount", "Everest"),
+    ("The Great Wall is located in", "China"),
+    ("The Eiffel Tower is located in", "Paris"),
+    ("The primary language spoken in Brazil is", "Portuguese"),
+    ("The hardest natural substance on Earth is", "diamond"),
+    ("The number of days in a week is", "seven|7"),
+    ("The gas that plants absorb from the air is carbon", "dioxide"),
+    ("The freezing point of water in Fahrenheit is 32", "degrees"),
+)
+
+MAX_NEW_TOKENS = 6  # enough for any answer's first word after a leading article
+
+
+def first_word(text: str) -> str:
+    """The first word of a continuation, articles and punctuation stripped ("the Pacific Ocean." -> "Pacific")."""
+    words = re.findall(r"[A-Za-z0-9]+", text)
+    while words and words[0].lower() in ("the", "a", "an", "is", "called"):
+        words = words[1:]
+    return words[0] if words else ""
+
+
+def accuracy(complete: Callable[[str, int], str]) -> tuple[float, list[tuple[str, str, str]]]:
+    """Exact-match accuracy (case-insensitive first word; an answer may list forms as "seven|7") of `complete(prompt, max_new_tokens)` (greedy) over FACTS,
+    and the misses as (prompt, expected, got)."""
+    misses = []
+    for prompt, answer in FACTS:
+        got = first_word(complete(prompt, MAX_NEW_TOKENS))
+        if got.lower() not in answer.lower().split("|"):
+            misses.append((prompt, answer, got))
+    return 1 - len(misses) / len(FACTS), misses
