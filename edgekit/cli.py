@@ -138,6 +138,9 @@ def export(src: str, out: str, draft: str | None, weights: str | None, group_siz
                                            "(layer-name globs; see docs/cli.md).")
 @click.option("--depth", type=float, default=None,
               help="Share of the removal taken as whole layers, least important first [0: width only].")
+@click.option("--attention-share", type=float, default=None,
+              help="Attention's part of the ratio, as a share of an even spread (1: heads and channels alike) [0: "
+                   "MLP channels first].")
 @click.option("--importance", type=click.Choice(["activation", "taylor"]), default=None,
               help="How heads, groups and channels are scored: activations (forward only) or gradients "
                    "[activation].")
@@ -145,14 +148,15 @@ def export(src: str, out: str, draft: str | None, weights: str | None, group_siz
 @click.option("--recover-steps", type=click.IntRange(0), default=0,
               help="Steps of distillation from the unpruned model on the calibration text [0].")
 @_one_line_errors
-def prune(src: str, out: str, ratio: float | None, plan: str | None, depth: float | None, importance: str | None,
-          calib: str | None, recover_steps: int) -> None:
+def prune(src: str, out: str, ratio: float | None, plan: str | None, depth: float | None,
+          attention_share: float | None, importance: str | None, calib: str | None, recover_steps: int) -> None:
     """Remove attention heads, key/value groups, MLP channels and layers of SRC by measured importance; write a
     smaller Hugging Face folder OUT (export it with `edgekit export OUT`)."""
     from edgekit.exporters.prune import prune as run_prune
     from edgekit.exporters.prune import request_from_options
 
-    result = run_prune(src, out, request_from_options(ratio, plan, depth, importance), calib, recover_steps)
+    request = request_from_options(ratio, plan, depth, importance, attention_share)
+    result = run_prune(src, out, request, calib, recover_steps)
     click.echo(f"wrote {out}: {result.describe()}")
 
 

@@ -131,12 +131,13 @@ def test_export_prune_with_recovery_then_int4(tmp_path: Path, src: Path) -> None
 
 
 def test_taylor_importance_and_depth(tmp_path: Path, src: Path, calib: str) -> None:
-    out = _cli("prune", str(src), "-o", str(tmp_path / "out"), "--ratio", "0.02", "--depth", "0.5",
+    out = _cli("prune", str(src), "-o", str(tmp_path / "out"), "--ratio", "0.02", "--depth", "0.5", "--attention-share", "1",
                "--importance", "taylor", "--calib", calib)
     assert "taylor importance" in out and "layers by the loss increase when skipped" in out
     record = json.loads((tmp_path / "out" / "config.json").read_text())["edgekit_pruning"]
     assert len(record["dropped_layers"]) == 1  # a layer is 1.1% of this model: one of the 2%, the rest from width
     assert record["parameters"]["removed"] >= 0.02 and sum(x["intermediate_size"] for x in record["layers"]) < 3 * 128
+    assert sum(x["heads"] for x in record["layers"]) < 3 * 4  # --attention-share 1: heads go too
     ref = TorchReference(str(tmp_path / "out"), "cpu")
     assert len(ref.model.model.layers) == 3
 
@@ -194,3 +195,15 @@ def test_bad_plan(tmp_path: Path, src: Path, plan: str, expected: str) -> None:
 
 def test_recover_steps_needs_prune(tmp_path: Path, src: Path) -> None:
     _fails(["export", str(src), "-o", str(tmp_path / "pkg"), "--recover-steps", "5"], "give --prune too")
+
+
+def test_pruned_package_runs_without_torch(tmp_path: Path, pruned: Path) -> None:
+    import subprocess
+    import sys
+
+    from test_no_torch import SCRIPT
+
+    _cli("export", str(pruned), "-o", str(tmp_path / "pkg"), "--weights", "int4", "--group-size", "16")
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "pkg")], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0 and "generated" in result.stdout, result.stderr

@@ -33,6 +33,9 @@ class Importance:
     channels: list[np.ndarray]  # per layer, [intermediate_size]
     layers: np.ndarray | None  # per layer, loss increase when skipped (None: not measured)
     tokens: int
+    # Per layer, Σ x xᵀ of the output projections' inputs (o_proj: [heads·d]², down_proj: [width]²), float64: what
+    # surgery re-fits the kept columns against. None: not measured (a dry run).
+    inputs: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     @classmethod
     def zeros(cls, dims: list[Any]) -> Importance:
@@ -71,34 +74,40 @@ def measure(model: Any, windows: np.ndarray, method: str, with_layers: bool) -> 
     layers, d = decoder_layers(model), head_dim_of(model)
     ids = torch.from_numpy(windows)
     batches = [ids[i:i + BATCH] for i in range(0, len(ids), BATCH)]
-    if method == "activation":
-        heads, kv, channels = _activation_scores(model, layers, d, batches)
-    else:
+    heads, kv, channels, inputs = _activation_scores(model, layers, d, batches)
+    if method == "taylor":
         heads, kv, channels = _taylor_scores(model, layers, d, batches)
     layer_scores = _skip_losses(model, layers, batches) if with_layers else None
-    return Importance(method, heads, kv, channels, layer_scores, int(windows.size))
+    return Importance(method, heads, kv, channels, layer_scores, int(windows.size), inputs)
 
 
 def _activation_scores(model: Any, layers: list[Any], d: int, batches: list[Any],
-                       ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+                       ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray],
+                                  list[tuple[np.ndarray, np.ndarray]]]:
+    """Activation scores (module docstring) and the output projections' input second moments."""
     import torch
 
     n = len(layers)
     head_sum = [0.0] * n
     channel_sum = [0.0] * n
+    ctx_cov = [0.0] * n
+    act_cov = [0.0] * n
     count = [0]
 
     def on_context(i: int) -> Any:
         def hook(module: Any, args: tuple[Any, ...]) -> None:
-            ctx = args[0].reshape(-1, module.in_features // d, d)  # [tokens, heads, d]
+            x = args[0].reshape(-1, module.in_features)
+            ctx = x.reshape(-1, module.in_features // d, d)  # [tokens, heads, d]
             w = module.weight.reshape(module.out_features, -1, d)  # [hidden, heads, d]
             head_sum[i] = head_sum[i] + torch.einsum("thd,ohd->tho", ctx, w).norm(dim=-1).sum(0)
+            ctx_cov[i] = ctx_cov[i] + x.double().T @ x.double()
         return hook
 
     def on_activation(i: int) -> Any:
         def hook(module: Any, args: tuple[Any, ...]) -> None:
             a = args[0].reshape(-1, module.in_features)
             channel_sum[i] = channel_sum[i] + a.abs().sum(0)
+            act_cov[i] = act_cov[i] + a.double().T @ a.double()
         return hook
 
     handles = [h for i, layer in enumerate(layers) for h in (
@@ -116,7 +125,8 @@ def _activation_scores(model: Any, layers: list[Any], d: int, batches: list[Any]
     channels = [((channel_sum[i] / count[0]) * layer.mlp.down_proj.weight.detach().norm(dim=0)).double().numpy()
                 for i, layer in enumerate(layers)]
     kv = [np.zeros(layer.self_attn.k_proj.out_features // d) for layer in layers]
-    return heads, kv, channels
+    inputs = [(ctx_cov[i].numpy(), act_cov[i].numpy()) for i in range(n)]  # type: ignore[union-attr]
+    return heads, kv, channels, inputs
 
 
 def _taylor_scores(model: Any, layers: list[Any], d: int, batches: list[Any],

@@ -28,8 +28,9 @@ from edgekit.exporters.sources import open_source, source_tokenizer
 from edgekit.errors import EdgekitError
 
 # Recovery trains every weight but the embedding (tied to the output layer: 28M of SmolLM2's 135M, and the
-# layers it feeds are what pruning changed). The rate is measured on SmolLM2-135M (benchmarks/pruning.py).
-RECOVERY_LR = 1e-4
+# layers it feeds are what pruning changed). The rate is measured on SmolLM2-135M at 25% fewer parameters,
+# 100 steps: KL to the unpruned model on held-out text 1.41 -> 1.01 at 3e-4 (at 1e-4, 60 steps went less far).
+RECOVERY_LR = 3e-4
 RECOVERY_BATCH = 2
 # More text than GPTQ takes: recovery trains on it. Its last windows are held out to measure recovery.
 CALIBRATION = CalibrationConfig(n_prompts=32, new_tokens=256)
@@ -87,7 +88,7 @@ def prune(src: str, out: str | Path, request: PruneRequest, calib: str | None = 
     importance = measure(model, train, request.importance, with_layers=request.depth > 0)
     keep = select(importance, dims, layer_params, total, request)
     teacher = float_teacher(model) if recover_steps else None
-    apply_keep(model, keep)
+    apply_keep(model, keep, importance.inputs)
     record: dict[str, Any] = {
         "request": request.describe(), "importance": importance.describe(), "method": request.importance,
         "calibration": f"{Path(calib).name}" if calib else f"self-generated, {windows.size} tokens",

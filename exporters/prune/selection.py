@@ -5,15 +5,15 @@ Grouped-query attention ties a key/value head to the query heads that read it, s
 `kv` whole groups of `g` query heads each (the same g in every group, as the attention kernels need).
 A global ratio is met greedily: every free layer offers its cheapest next removal (its least important
 block of MLP channels, or one attention step, (kv, g) -> (kv-1, g) or (kv, g-1)), and the removal that
-loses the least importance per parameter goes first, until the parameters removed reach the ratio. So
-layers end up with uneven shapes, as their importance says. Whole layers (`depth`) go first, least
+loses the least importance (relative to its layer) per parameter goes first, until the parameters removed
+reach the ratio. How much of it attention gives is `attention_share` (request.py; MLP channels first by default). So layers end up with uneven
+shapes, as their importance says. Whole layers (`depth`) go first, least
 important (loss when skipped) first. Each layer keeps at least one head, one group and one channel block.
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,8 +68,15 @@ class AttentionScores:
     """S(kv, g): the most importance a layer keeps with kv groups of g heads (best heads per group, best groups)."""
 
     def __init__(self, heads: np.ndarray, kv: np.ndarray, dims: Dims):
+        self.raw = heads
         self.by_group = np.sort(heads.reshape(dims.kv_heads, dims.group), axis=1)[:, ::-1]  # descending per group
         self.kv_scores = kv
+
+    def relative(self, dims: Dims) -> AttentionScores:
+        """The same scores over the layer's mean head score (see _relative)."""
+        mean = float(np.mean(self.raw))
+        scale = 1 / mean if mean > 0 else 0.0
+        return AttentionScores(self.raw * scale, self.kv_scores * scale, dims)
 
     def group_scores(self, g: int) -> np.ndarray:
         return self.by_group[:, :g].sum(1) + self.kv_scores
@@ -173,61 +180,75 @@ def _moves(kv: int, g: int) -> list[tuple[int, int]]:
     return [(kv - 1, g)] * (kv > 1) + [(kv, g - 1)] * (g > 1)
 
 
+def _relative(scores: np.ndarray) -> np.ndarray:
+    """Scores over their layer's mean: a layer's units are ranked against each other, and layers whose outputs are
+    small in norm (early layers' contributions to the residual stream) are not emptied for it."""
+    mean = float(np.mean(scores)) if len(scores) else 0.0
+    return scores / mean if mean > 0 else np.zeros_like(scores)
+
+
 def _shrink(att: list[AttentionScores], channel_scores: list[np.ndarray], dims: list[Dims],
             state: dict[int, list[int]], free: list[int], progress: tuple[int, float], total: int,
             request: PruneRequest) -> None:
-    """Greedy removal over the free layers' heads and channel blocks until the parameters removed (`progress`:
-    already, target) reach the target."""
+    """Greedy removal over the free layers until the parameters removed (`progress`: already, target) reach the
+    target. Attention gives `attention_share` of the fraction of its parameters that an even spread would take
+    (their scores and the MLP's are not on one scale: a head's output and a channel's are different quantities),
+    the MLP the rest; within a kind, the units with the lowest score relative to their own layer go first, so
+    layers lose unevenly, as their scores say."""
     already, target = progress
-    counter = itertools.count()
-    heap: list[tuple[float, int, int, str, int]] = []
-    version = {(i, k): 0 for i in free for k in ("mlp", "attn")}
-    sorted_channels = {i: np.sort(channel_scores[i]) for i in free}
+    att_free = sum(dims[i].attention_params(*state[i][:2]) for i in free)
+    mlp_free = sum(dims[i].mlp_params(state[i][2]) for i in free)
+    if target <= already:
+        return
+    share = (target - already) / max(att_free + mlp_free, 1)
+    rel_att = {i: att[i].relative(dims[i]) for i in free}
+    rel_channels = {i: np.sort(_relative(channel_scores[i])) for i in free}
 
-    def best_move(i: int) -> tuple[float, tuple[int, int]] | None:
-        """Layer i's cheapest attention step: (importance lost per parameter, the new shape)."""
+    def attention_step(i: int) -> tuple[float, int, tuple[int, int]] | None:
+        """Layer i's cheapest attention step: (relative importance lost per parameter, parameters, new shape)."""
         d, (kv, g) = dims[i], state[i][:2]
-        here = att[i].kept(kv, g)
-        costs = [((here - att[i].kept(*m)) / (d.attention_params(kv, g) - d.attention_params(*m)), m)
-                 for m in _moves(kv, g)]
-        return min(costs) if costs else None
+        here = rel_att[i].kept(kv, g)
+        options = [((here - rel_att[i].kept(*m)) / (d.attention_params(kv, g) - d.attention_params(*m)),
+                    d.attention_params(kv, g) - d.attention_params(*m), m) for m in _moves(kv, g)]
+        return min(options) if options else None
 
-    def push_mlp(i: int) -> None:
+    def mlp_step(i: int) -> tuple[float, int, int] | None:
         d, width = dims[i], state[i][2]
         step = _step(d)
         if width - step < step:
-            return
-        removed_index = d.width - width  # channels already gone, least important first
-        loss = float(sorted_channels[i][removed_index:removed_index + step].sum())
-        heapq.heappush(heap, (loss / d.mlp_params(step), next(counter), i, "mlp", version[(i, "mlp")]))
+            return None
+        gone = d.width - width  # channels already removed, least important first
+        return float(rel_channels[i][gone:gone + step].sum()) / d.mlp_params(step), d.mlp_params(step), width - step
 
-    def push_attn(i: int) -> None:
-        move = best_move(i)
-        if move is not None:
-            heapq.heappush(heap, (move[0], next(counter), i, "attn", version[(i, "attn")]))
-
-    for i in free:
-        push_mlp(i)
-        push_attn(i)
-    done = float(already)
-    while done < target:
-        if not heap:
-            raise EdgekitError(f"ratio {request.ratio:g} cannot be met without removing every head or channel of a "
-                               f"layer (at most {done / total:.1%} of the parameters can go with this plan)",
-                               request.where)
-        _, _, i, kind, ver = heapq.heappop(heap)
-        if ver != version[(i, kind)]:
-            continue
-        d = dims[i]
+    def apply(i: int, kind: str, shape: Any) -> None:
         if kind == "mlp":
-            state[i][2] -= _step(d)
-            done += d.mlp_params(_step(d))
+            state[i][2] = shape
         else:
-            _, best = best_move(i)  # type: ignore[misc]
-            done += d.attention_params(*state[i][:2]) - d.attention_params(*best)
-            state[i][:2] = list(best)
-        version[(i, kind)] += 1
-        (push_mlp if kind == "mlp" else push_attn)(i)
+            state[i][:2] = list(shape)
+
+    def greedy(kind: str, goal: float) -> float:
+        """Remove `kind` units, cheapest first, until `goal` parameters are removed; returns what was removed."""
+        step = mlp_step if kind == "mlp" else attention_step
+        heap = [(*found[:2], i, found[2]) for i in free if (found := step(i)) is not None]
+        heapq.heapify(heap)
+        done = 0.0
+        while done < goal and heap:
+            _, params, i, shape = heapq.heappop(heap)
+            apply(i, kind, shape)
+            done += params
+            found = step(i)
+            if found is not None:
+                heapq.heappush(heap, (*found[:2], i, found[2]))
+        return done
+
+    done = already + greedy("attention", request.attention_share * share * att_free)
+    done += greedy("mlp", target - done)
+    if done < target:  # MLP reached its floors: the rest from attention
+        done += greedy("attention", target - done)
+    if done < target:
+        raise EdgekitError(f"ratio {request.ratio:g} cannot be met without removing every head or channel of a "
+                           f"layer (at most {done / total:.1%} of the parameters can go with this plan)",
+                           request.where)
 
 
 def _keep(i: int, st: list[int], att: AttentionScores, importance: Importance) -> LayerKeep:

@@ -14,12 +14,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from edgekit.exporters.prune.importance import decoder_layers, head_dim_of
 from edgekit.exporters.prune.selection import LayerKeep
 
 from edgekit.errors import EdgekitError
 
 CONFIG_KEY = "edgekit_pruning"
+REFIT_DAMPING = 0.01  # of the mean diagonal: GPTQ's default
 
 
 def _cut(linear: Any, rows: Any | None = None, cols: Any | None = None) -> None:
@@ -43,32 +45,58 @@ def _head_rows(heads: tuple[int, ...], d: int) -> Any:
     return torch.tensor([h * d + j for h in heads for j in range(d)], dtype=torch.long)
 
 
-def _cut_layer(layer: Any, k: LayerKeep, d: int) -> None:
-    """One decoder layer cut to the heads, groups and channels `k` keeps."""
+def _cut_layer(layer: Any, k: LayerKeep, d: int, inputs: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """One decoder layer cut to the heads, groups and channels `k` keeps; with `inputs` (Σ x xᵀ of o_proj's and
+    down_proj's inputs), the kept columns of both are re-fitted to give the unpruned outputs (refit)."""
     import torch
 
     a, m = layer.self_attn, layer.mlp
     q_rows, kv_rows = _head_rows(k.heads, d), _head_rows(k.kv, d)
+    channels = torch.tensor(k.channels, dtype=torch.long)
+    if inputs is not None:
+        refit(a.o_proj, q_rows, inputs[0])
+        refit(m.down_proj, channels, inputs[1])
     _cut(a.q_proj, rows=q_rows)
     _cut(a.k_proj, rows=kv_rows)
     _cut(a.v_proj, rows=kv_rows)
     _cut(a.o_proj, cols=q_rows)
     a.num_key_value_groups = len(k.heads) // len(k.kv)  # what repeat_kv and the attention kernels read
-    channels = torch.tensor(k.channels, dtype=torch.long)
     _cut(m.gate_proj, rows=channels)
     _cut(m.up_proj, rows=channels)
     _cut(m.down_proj, cols=channels)
 
 
-def apply_keep(model: Any, keep: list[LayerKeep | None]) -> None:
-    """Cut `model`'s layers in place to `keep` (one entry per layer; None drops it) and update its config."""
+def refit(linear: Any, kept: Any, second_moment: np.ndarray) -> None:
+    """Re-fit the `kept` input columns of `linear` so that, on the calibration inputs x (Σ x xᵀ = C), W' x_kept
+    is the least-squares fit of W x: W'[:, kept] = W C[:, kept] C[kept, kept]⁻¹ (damped as GPTQ damps its
+    Hessian). The removed columns' contribution is folded into the kept ones instead of dropped (the
+    compensation SlimGPT and ZipLM make for structured pruning); the other columns are cut afterwards."""
+    import torch
+
+    idx = np.asarray(kept)
+    if len(idx) == second_moment.shape[0]:
+        return
+    c = second_moment
+    ckk = c[np.ix_(idx, idx)]
+    ckk = ckk + np.eye(len(idx)) * REFIT_DAMPING * max(float(np.mean(np.diag(ckk))), 1e-12)
+    w = linear.weight.data.double().numpy()
+    fitted = np.linalg.solve(ckk, (w @ c[:, idx]).T).T  # ckk is symmetric: W C[:,K] ckk⁻¹
+    new = linear.weight.data.clone()
+    new[:, torch.as_tensor(idx)] = torch.from_numpy(fitted).to(new.dtype)
+    linear.weight.data = new
+
+
+def apply_keep(model: Any, keep: list[LayerKeep | None],
+               inputs: list[tuple[np.ndarray, np.ndarray]] | None = None) -> None:
+    """Cut `model`'s layers in place to `keep` (one entry per layer; None drops it) and update its config; with
+    `inputs` (importance.Importance.inputs), the output projections are re-fitted (refit)."""
     import torch
 
     layers, d = decoder_layers(model), head_dim_of(model)
     kept_layers = []
-    for layer, k in zip(layers, keep):
+    for i, (layer, k) in enumerate(zip(layers, keep)):
         if k is not None:
-            _cut_layer(layer, k, d)
+            _cut_layer(layer, k, d, inputs[i] if inputs is not None else None)
             kept_layers.append(layer)
     for i, layer in enumerate(kept_layers):  # the KV cache is indexed by layer_idx
         layer.self_attn.layer_idx = i
