@@ -61,10 +61,17 @@ def profiled_session(graph: Path, threads: int, folder: str) -> ort.InferenceSes
     return ort.InferenceSession(str(graph), so, providers=[CPU_PROVIDER])
 
 
-def offset_term_nodes(graph: Path) -> set[str]:
-    """Names of the graph's nodes that compute the block-offset term (onnxruntime keeps unfused nodes' names)."""
+def node_roles(graph: Path) -> dict[str, str]:
+    """Node name -> "offset term" for the block-offset term's nodes, "MatMulNBits <weight>" for each projection kind
+    (`layers.3.qkv.qweight` -> qkv): onnxruntime keeps the names of the nodes it does not fuse."""
     model = onnx.load(str(graph), load_external_data=False)
-    return {n.name for n in model.graph.node if any(OFFSET_TERM.search(v) for v in [*n.input, *n.output])}
+    roles = {}
+    for n in model.graph.node:
+        if any(OFFSET_TERM.search(v) for v in [*n.input, *n.output]):
+            roles[n.name] = "offset term"
+        elif n.op_type == "MatMulNBits":
+            roles[n.name] = "MatMulNBits " + re.sub(r"^layers\.\d+\.|\.qweight.*$", "", n.input[1])
+    return roles
 
 
 def runs_of(events: list[dict[str, Any]]) -> list[tuple[float, list[dict[str, Any]]]]:
@@ -74,23 +81,25 @@ def runs_of(events: list[dict[str, Any]]) -> list[tuple[float, list[dict[str, An
     return [(r["dur"], [k for k in kernels if r["ts"] <= k["ts"] <= r["ts"] + r["dur"]]) for r in runs]
 
 
-def per_op(runs: list[tuple[float, list[dict[str, Any]]]], offset_nodes: set[str]) -> dict[str, Any]:
-    """Per-step averages over `runs`: µs and node count per op type, the offset term's, wall and overhead."""
+def per_op(runs: list[tuple[float, list[dict[str, Any]]]], roles: dict[str, str]) -> dict[str, Any]:
+    """Per-step averages over `runs`: µs and node count per op type and per role (node_roles), wall and overhead."""
     n = len(runs)
     ops: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
-    term = [0.0, 0.0]
+    by_role: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
     for _, kernels in runs:
         for k in kernels:
-            ops[k["args"]["op_name"]][0] += k["dur"] / n
-            ops[k["args"]["op_name"]][1] += 1 / n
-            if k["name"].removesuffix("_kernel_time") in offset_nodes:
-                term[0] += k["dur"] / n
-                term[1] += 1 / n
+            for table, key in ((ops, k["args"]["op_name"]), (by_role, roles.get(k["name"].removesuffix("_kernel_time")))):
+                if key is not None:
+                    table[key][0] += k["dur"] / n
+                    table[key][1] += 1 / n
     wall = statistics.median(w for w, _ in runs)
     kernel = sum(us for us, _ in ops.values())
+
+    def rows(table: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+        return {key: {"us": us, "nodes": c} for key, (us, c) in sorted(table.items(), key=lambda kv: -kv[1][0])}
     return {"wall_us": wall, "kernel_us": kernel, "overhead_us": wall - kernel, "nodes": sum(c for _, c in ops.values()),
-            "offset_term": {"us": term[0], "nodes": term[1]},
-            "ops": {op: {"us": us, "nodes": c} for op, (us, c) in sorted(ops.items(), key=lambda kv: -kv[1][0])}}
+            "offset_term": rows(by_role).get("offset term", {"us": 0.0, "nodes": 0.0}), "ops": rows(ops),
+            "roles": rows(by_role)}
 
 
 def op_profile(folder: str, threads: int) -> dict[str, Any]:
@@ -108,10 +117,10 @@ def op_profile(folder: str, threads: int) -> dict[str, Any]:
                 decoder.rollback(decoder.length - k)
         events = json.loads(Path(session.end_profiling()).read_text())
     runs = runs_of(events)[1:]  # the prefill's run first
-    offset_nodes = offset_term_nodes(manifest_graph)
+    roles = node_roles(manifest_graph)
     passes = runs[STEPS:]
-    k_rows = {k: per_op(passes[3 * (k - 1):3 * k], offset_nodes) for k in range(1, MAX_K + 1)}
-    return {"graph": manifest_graph.name, "decode": per_op(runs[4:STEPS], offset_nodes),
+    k_rows = {k: per_op(passes[3 * (k - 1):3 * k], roles) for k in range(1, MAX_K + 1)}
+    return {"graph": manifest_graph.name, "decode": per_op(runs[4:STEPS], roles),
             "k_rows": {k: {"wall_us": r["wall_us"], "matmulnbits_us": r["ops"].get("MatMulNBits", {}).get("us", 0.0),
                            "offset_term_us": r["offset_term"]["us"]} for k, r in k_rows.items()}}
 
@@ -245,6 +254,9 @@ def print_report(results: dict[str, Any], threads: int, rounds: int) -> None:
         print(f"{'op type':<34} {'us/step':>8} {'share':>6} {'nodes':>6}")
         for op, v in d["ops"].items():
             print(f"{op:<34} {v['us']:>8.0f} {100 * v['us'] / d['kernel_us']:>5.1f}% {v['nodes']:>6.0f}")
+        print(f"{'by role':<34} {'us/step':>8} {'share':>6} {'nodes':>6}")
+        for role, v in d["roles"].items():
+            print(f"{role:<34} {v['us']:>8.0f} {100 * v['us'] / d['kernel_us']:>5.1f}% {v['nodes']:>6.0f}")
         print(f"Python: generate_ids gap {p['generate_gap_ms']:.2f} ms, Decoder.forward {p['forward_ms']:.2f} ms, bare "
               f"run {p['run_ms']:.2f} ms -> {p['python_per_step_ms']:.2f} ms per step outside onnxruntime")
         print("sampled main thread (share of samples): " + "; ".join(f"{w} {100 * s:.0f}%" for w, s in p["samples"].items()))
