@@ -183,7 +183,7 @@ def sample_python(model: Model, ids: list[int], gen: GenerationConfig, interval_
     return {where: c / total for where, c in counts.most_common(8)}
 
 
-def python_overhead(model: Model, threads: int) -> dict[str, Any]:
+def python_overhead(model: Model) -> dict[str, Any]:
     """Median ms of a generate_ids token gap, a Decoder.forward step and the bare run_with_iobinding."""
     ids = model.codec.encode(default_text())[:PROMPT]
     gen = GenerationConfig(max_new_tokens=64, stop_token_ids=())
@@ -191,16 +191,15 @@ def python_overhead(model: Model, threads: int) -> dict[str, Any]:
     decoder = model.decoder
     decoder.reset()
     decoder.forward(ids)
+    session, binding = decoder._bindings[0]  # the step Decoder.forward binds, rerun bare
     forward, bare = [], []
-    for i in range(48):
+    for i in range(48):  # interleaved, so that a busy moment of the machine falls on both
         t0 = time.perf_counter()
         decoder.forward([500 + i])
-        forward.append(time.perf_counter() - t0)
-    session, binding = decoder._bindings[0]  # the step Decoder.forward bound, rerun bare
-    for _ in range(48):
-        t0 = time.perf_counter()
+        t1 = time.perf_counter()
         session.run_with_iobinding(binding)
-        bare.append(time.perf_counter() - t0)
+        forward.append(t1 - t0)
+        bare.append(time.perf_counter() - t1)
     ms = {"generate_gap_ms": statistics.median(gaps) * 1e3, "forward_ms": statistics.median(forward) * 1e3,
           "run_ms": statistics.median(bare) * 1e3}
     return {**ms, "python_per_step_ms": ms["generate_gap_ms"] - ms["run_ms"],
@@ -232,7 +231,7 @@ def measure(rows: list[tuple[str, str]], threads: int, rounds: int, tmp: Path) -
         out[label] = {"package": folder, "load_s": statistics.median(loads[label]),
                       "tokens_per_s": statistics.median(rates[label]), "tokens_per_s_rounds": rates[label],
                       "step_ms": {"with_offset_term": with_term, "without": without, "offset_term": with_term - without},
-                      "python": python_overhead(model, threads), **op_profile(folder, threads)}
+                      "python": python_overhead(model), **op_profile(folder, threads)}
         del model
     return out
 
