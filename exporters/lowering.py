@@ -133,8 +133,8 @@ class _Lowering:
     def block_sum(self, x: str, k: int, block: int) -> str:
         """Σ x over each block of K, [.., ceil(K / block)]: one MatMul with the 0/1 matrix E [K, nb] for inputs of any
         rank. Every product is x·1 or x·0, so the sums are exact up to summation order, and a short last block needs
-        no padding. One node, where Shape, Slice, Concat, Reshape and ReduceSum took five (measured: 0.5 ms of an
-        8.7 ms SmolLM2-135M step); computed once per (input, block size) and shared by every projection reading x."""
+        no padding. One node, where Shape, Slice, Concat, Reshape and ReduceSum took five (measured: 0.3-0.7 ms of an
+        8.1-8.7 ms SmolLM2-135M step); computed once per (input, block size) and shared by every projection reading x."""
         indicator = self.block_indicator(k, block)
         return self.once(f"{x}.block_sums_{block}", lambda out: self.emit("MatMul", [x, indicator], [out]))
 
