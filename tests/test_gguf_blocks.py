@@ -137,6 +137,21 @@ def test_integer_offsets_lower_to_zero_points(name: str, zero_point: int, tmp_pa
     assert (z[w.scales != 0] == zero_point).all()  # a block with scale 0 is all zeros whatever its zero point
 
 
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("name", sorted(GGUF_TYPES))
+def test_offset_term_only_where_offsets_are_free(name: str, fast: bool, tmp_path: Path) -> None:
+    """Integer zero points need no block-offset term (Q4_0, Q3_K; the 8-bit symmetric types in the fast graph, whose
+    exact graph reads 8-bit codes as nibble pairs with zero point 0); free minimums (Q4_1, Q2_K, Q4_K, Q5_1, Q5_K)
+    take it as three nodes once folded: the block sums' MatMul, the offsets' MatMul and the Add."""
+    w = _weight(name, 8, 512)
+    lowered = folded(lower(_matmul_model(w), TARGETS["cpu"], fast=fast), tmp_path)
+    ops = sorted(n.op_type for n in lowered.graph.node if n.op_type != "MatMulNBits")
+    nibbles = ["Concat", "Concat", "Mul", "Reshape", "Shape", "Slice", "Unsqueeze", "Unsqueeze"]  # the interleaved input of matmul_nibbles8
+    free = GGUF_TYPES[name].zero_point is None
+    exact8 = w.bits == 8 and not fast
+    assert ops == sorted((["Add", "MatMul", "MatMul"] if free or exact8 else []) + (nibbles if exact8 else [])), ops
+
+
 def test_row_size_not_multiple_of_block_is_refused() -> None:
     with pytest.raises(ValueError, match="not a multiple of Q4_1 block size"):
         GGUF_TYPES["Q4_1"].to_block_weight(np.zeros((2, 20), np.uint8), 40)
