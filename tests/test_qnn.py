@@ -193,6 +193,6 @@ def test_a_graph_the_provider_cannot_compile_runs_on_the_cpu(tmp_path: Path, mon
     session = decoder.make_session(path, decoder.SessionSettings(provider=QNN))
     assert session.get_providers() == ["CPUExecutionProvider"]
     said = capsys.readouterr().err.strip().splitlines()
-    assert said == [f"edgekit: {QNN} could not take this graph (QNN_COMMON_ERROR_MEM_ALLOC); running it on "
-                    "CPUExecutionProvider"]
+    assert said == [(f"edgekit: {QNN} could not take this graph (QNN_COMMON_ERROR_MEM_ALLOC); running it on "
+                    "CPUExecutionProvider")]
     session.run(None, {"x": np.zeros((1, 8), np.float32)})
