@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=cache_dir() / "pruning", help="folders and packages (kept)")
     add_out_option(parser, "pruning")
     args = parser.parse_args()
+    from edgekit.exporters.hf_folder import stored_parameters
     from edgekit.runtime import Model
 
     ratios = [float(r) for r in args.ratios.split(",")]
@@ -152,7 +153,7 @@ def main() -> None:
     base_params = None
     for r in results:
         if r["parameters"] is None:
-            r["parameters"] = base_params = base_params or _parameters(base)
+            r["parameters"] = base_params = base_params or stored_parameters(base)
     same = {r["format"]: r for r in results if r["ratio"] == 0}
     for r in results:
         u = same[r["format"]]
@@ -177,16 +178,6 @@ def main() -> None:
     for r in results:
         r.pop("greedy_tokens")
     write_results(args.out, table, {"rows": results})
-
-
-def _parameters(folder: Path) -> int:
-    from safetensors import safe_open
-
-    total = 0
-    for f in folder.glob("*.safetensors"):
-        with safe_open(str(f), framework="np") as st:
-            total += sum(int(np.prod(st.get_slice(k).get_shape())) for k in st.keys())  # noqa: SIM118
-    return total
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ is the one written out.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -39,3 +40,15 @@ def write_tokenizer_files(folder: Path, tokenizer: Tokenizer, info: dict[str, An
     (folder / "generation_config.json").write_text(json.dumps({
         "bos_token_id": info.get("bos_token_id"), "eos_token_id": info.get("stop_token_ids") or info.get("eos_token_id")},
         indent=1))
+
+
+def stored_parameters(folder: Path) -> int:
+    """Weights stored in the folder's safetensors files (read from their headers; a tied output layer is stored
+    once, so counted once)."""
+    from safetensors import safe_open
+
+    total = 0
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(f), framework="np") as st:
+            total += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())  # noqa: SIM118 (no __iter__)
+    return total

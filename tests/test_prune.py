@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from edgekit.exporters.hf_folder import stored_parameters
 from edgekit.exporters.prune import load_pruned
 from edgekit.exporters.reference import TorchReference
 from edgekit.exporters.validate import Thresholds, validate
@@ -61,14 +62,6 @@ def pruned(tmp_path_factory: pytest.TempPathFactory, src: Path, calib: str) -> P
     return root / "out"
 
 
-def _param_count(folder: Path) -> int:
-    total = 0
-    for f in folder.glob("*.safetensors"):
-        with safe_open(str(f), framework="pt") as st:
-            total += sum(int(np.prod(st.get_slice(k).get_shape())) for k in st.keys())  # noqa: SIM118
-    return total
-
-
 def test_plan_gives_uneven_real_tensors(src: Path, pruned: Path) -> None:
     record = json.loads((pruned / "config.json").read_text())["edgekit_pruning"]
     layers = record["layers"]
@@ -82,7 +75,7 @@ def test_plan_gives_uneven_real_tensors(src: Path, pruned: Path) -> None:
             down = st.get_slice(f"model.layers.{i}.mlp.down_proj.weight").get_shape()
             assert (q[0], k[0], down[1]) == (16 * shape["heads"], 16 * shape["kv_heads"], shape["intermediate_size"])
     params = record["parameters"]
-    assert params["after"] == _param_count(pruned) and params["before"] == _param_count(src)
+    assert params["after"] == stored_parameters(pruned) and params["before"] == stored_parameters(src)
     assert 0.02 <= params["removed"] < 0.025  # the ratio, overshot by less than one removal step
 
 
@@ -207,3 +200,13 @@ def test_pruned_package_runs_without_torch(tmp_path: Path, pruned: Path) -> None
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "pkg")], capture_output=True, text=True,
                             check=False)
     assert result.returncode == 0 and "generated" in result.stdout, result.stderr
+
+
+def test_pruned_static_graph_for_the_npu(tmp_path: Path, pruned: Path) -> None:
+    """The static-shape graph (--target qnn) takes each layer's own head counts too."""
+    from edgekit.exporters.pipeline import export
+
+    export(str(pruned), tmp_path / "pkg", targets=("cpu", "qnn"), static_chunk=8, static_context=64)
+    ids = list(range(5, 60))
+    dynamic, static = Model(tmp_path / "pkg"), Model(tmp_path / "pkg", target="qnn")
+    np.testing.assert_allclose(static.logits(ids), dynamic.logits(ids), atol=1e-4)
