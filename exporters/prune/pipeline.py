@@ -121,7 +121,10 @@ def recover(teacher: Any, student: Any, train: np.ndarray, held_out: np.ndarray,
 
 def _write(out: Path, model: Any, record: dict[str, Any], source: Any, tokenizer: Any,
            tok_info: dict[str, Any]) -> None:
+    from edgekit.exporters.pipeline import sweep_stale_partials
+
     out.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_partials(out)  # left by a prune killed outright (SIGKILL, power cut)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         tmp.mkdir(mode=0o755)
