@@ -299,9 +299,10 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
     if draft is not None and static:
         raise EdgekitError(f"--draft needs dynamic shapes (speculative passes of varying length): not with "
                            f"--target {static[0]}")
-    options = (targets, builder, static_length, static_chunk, static_context, fast_exact)
+    options = {"targets": targets, "builder": builder, "static_length": static_length, "static_chunk": static_chunk,
+               "static_context": static_context}  # prepare()'s, for the source or its pruned folder
     if prune is None:
-        return _export(src, src, out, draft, quant, options)
+        return _export(src, src, out, draft, quant, options, fast_exact)
     if builder == "optimum":
         raise EdgekitError("--prune makes per-layer shapes that only edgekit's native builder exports", src)
     from edgekit.exporters.prune import prune as prune_model
@@ -309,14 +310,14 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{Path(out).name}.pruned-", dir=Path(out).parent) as tmp:
         pruned = prune_model(src, Path(tmp) / "pruned", prune, calib, recover_steps)
-        return _export(str(pruned.folder), f"{src} (pruned: {prune.describe()})", out, draft, quant, options)
+        return _export(str(pruned.folder), f"{src} (pruned: {prune.describe()})", out, draft, quant, options,
+                       fast_exact)
 
 
 def _export(src: str, name: str, out: str | Path, draft: str | None, quant: QuantConfig | None,
-            options: tuple[Any, ...]) -> Manifest:
+            options: dict[str, Any], fast_exact: bool) -> Manifest:
     """export() of a source that needs no pruning, recorded in the manifest as `name`."""
-    targets, fast_exact = options[0], options[-1]
-    main = replace(prepare(src, quant, *options[:-1]), source_name=name)
+    main = replace(prepare(src, quant, **options), source_name=name)
     if not fast_exact:
         main = int8_everywhere(main)
     if draft is not None and main.built.builder != "native":
@@ -328,7 +329,7 @@ def _export(src: str, name: str, out: str | Path, draft: str | None, quant: Quan
         draft_contents = PackageContents(sub, build_graph(sub), main.tokenizer, main.tok_info, f"{name} (auto draft)",
                                          main.targets)
     elif draft is not None:
-        draft_contents = prepare(draft, targets=targets)
+        draft_contents = prepare(draft, targets=options["targets"])
         check_same_tokenizer(main.tokenizer, draft_contents.tokenizer, draft)
     return write_package(main, Path(out), draft_contents)
 

@@ -110,9 +110,8 @@ def apply_keep(model: Any, keep: list[LayerKeep | None],
 def _narrow_config(config: Any, keep: list[LayerKeep], sources: list[int], head_dim: int) -> None:
     """transformers' keys: the layer count, per-layer lists narrowed, and (when every layer has the same shape) the
     shape itself; otherwise the largest, with the layers' own shapes under CONFIG_KEY."""
-    for key in ("layer_types",):
-        if getattr(config, key, None) is not None:
-            setattr(config, key, [getattr(config, key)[i] for i in sources])
+    if getattr(config, "layer_types", None) is not None:  # per-layer attention kinds (gemma3, qwen3)
+        config.layer_types = [config.layer_types[i] for i in sources]
     config.num_hidden_layers = len(keep)
     config.head_dim = head_dim
     shapes = {(len(k.heads), len(k.kv), len(k.channels)) for k in keep}
