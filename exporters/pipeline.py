@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from edgekit.exporters.draft import check_same_tokenizer, layer_subset, measure_acceptance
+from edgekit.exporters.draft import DEFAULT_DRAFT_STEPS, auto_draft, check_same_tokenizer, measure_acceptance
 from edgekit.exporters.graph_files import save_graphs
 from edgekit.exporters.lowering import lower
 from edgekit.exporters.prune.request import PruneRequest
@@ -260,6 +260,9 @@ def write_package(main: PackageContents, out: Path, draft: PackageContents | Non
             (tmp / DRAFT_FOLDER).mkdir()
             d = _write_contents(tmp / DRAFT_FOLDER, draft, {})
             extra["draft"] = {"folder": DRAFT_FOLDER, "source": d.data["source"], "layers": d.model.num_layers}
+            training = (d.data["recipe"].get("pruning") or {}).get("recovery")
+            if training:  # an auto draft distilled from the target (exporters.draft)
+                extra["draft"]["training"] = training
         manifest = _write_contents(tmp, main, extra)
         if draft is not None:  # measured on the written package, then recorded (manifest.json lists no hash of itself)
             manifest.data["draft"]["measured"] = measure_acceptance(tmp)
@@ -274,13 +277,15 @@ def write_package(main: PackageContents, out: Path, draft: PackageContents | Non
 def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConfig | None = None,
            targets: tuple[str, ...] = DEFAULT_TARGETS, builder: str = "auto", static_length: int | None = None,
            static_chunk: int | None = None, static_context: int | None = None, prune: PruneRequest | None = None,
-           recover_steps: int = 0, calib: str | None = None, fast_exact: bool = True) -> Manifest:
+           recover_steps: int = 0, calib: str | None = None, fast_exact: bool = True,
+           draft_layers: int | None = None, draft_steps: int | None = None) -> Manifest:
     """SRC (GGUF file, HF folder or built-in name) -> edgekit package folder `out`.
 
     `quant`: quantize the weights on export (exporters.quantize); None keeps them as the source has them.
 
     `draft`: a draft model's SRC for speculative decoding (its tokenizer must equal the target's), or
-    "auto" to build one from the target itself (see exporters.draft).
+    "auto" to build one from the target itself: `draft_layers` of its layers (None: a third), distilled for
+    `draft_steps` steps (None: DEFAULT_DRAFT_STEPS) on calibration text `calib` (exporters.draft).
 
     `targets`: names from edgekit.targets; each adds graph(s) lowered for its execution provider.
 
@@ -295,14 +300,17 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
     """
     if Path(out).exists():
         raise EdgekitError("output already exists (remove it or choose another -o)", out)
+    if draft != "auto" and (draft_layers is not None or draft_steps is not None):
+        raise EdgekitError("--draft-layers and --draft-steps shape the auto draft: give --draft auto too")
     static = [name for name in targets if target(name).static_shapes]
     if draft is not None and static:
         raise EdgekitError(f"--draft needs dynamic shapes (speculative passes of varying length): not with "
                            f"--target {static[0]}")
     options = {"targets": targets, "builder": builder, "static_length": static_length, "static_chunk": static_chunk,
                "static_context": static_context}  # prepare()'s, for the source or its pruned folder
+    drafting = DraftOptions(draft, draft_layers, DEFAULT_DRAFT_STEPS if draft_steps is None else draft_steps, calib)
     if prune is None:
-        return _export(src, src, out, draft, quant, options, fast_exact)
+        return _export(src, src, out, drafting, quant, options, fast_exact)
     if builder == "optimum":
         raise EdgekitError("--prune makes per-layer shapes that only edgekit's native builder exports", src)
     from edgekit.exporters.prune import prune as prune_model
@@ -310,27 +318,36 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{Path(out).name}.pruned-", dir=Path(out).parent) as tmp:
         pruned = prune_model(src, Path(tmp) / "pruned", prune, calib, recover_steps)
-        return _export(str(pruned.folder), f"{src} (pruned: {prune.describe()})", out, draft, quant, options,
+        return _export(str(pruned.folder), f"{src} (pruned: {prune.describe()})", out, drafting, quant, options,
                        fast_exact)
 
 
-def _export(src: str, name: str, out: str | Path, draft: str | None, quant: QuantConfig | None,
+@dataclass(frozen=True)
+class DraftOptions:
+    """export()'s draft options: a draft SRC or "auto" (then its layers, distillation steps, calibration text)."""
+
+    src: str | None
+    layers: int | None
+    steps: int
+    calib: str | None
+
+
+def _export(src: str, name: str, out: str | Path, draft: DraftOptions, quant: QuantConfig | None,
             options: dict[str, Any], fast_exact: bool) -> Manifest:
     """export() of a source that needs no pruning, recorded in the manifest as `name`."""
     main = replace(prepare(src, quant, **options), source_name=name)
     if not fast_exact:
         main = int8_everywhere(main)
-    if draft is not None and main.built.builder != "native":
+    if draft.src is not None and main.built.builder != "native":
         raise EdgekitError("--draft needs a decoder built by edgekit's native builder (this one came from optimum)",
                            src)
+    if draft.src == "auto":
+        with auto_draft(main, src, name, draft.layers, draft.steps, draft.calib) as contents:
+            return write_package(main, Path(out), contents)
     draft_contents = None
-    if draft == "auto":
-        sub = layer_subset(main.source)
-        draft_contents = PackageContents(sub, build_graph(sub), main.tokenizer, main.tok_info, f"{name} (auto draft)",
-                                         main.targets)
-    elif draft is not None:
-        draft_contents = prepare(draft, targets=options["targets"])
-        check_same_tokenizer(main.tokenizer, draft_contents.tokenizer, draft)
+    if draft.src is not None:
+        draft_contents = prepare(draft.src, targets=options["targets"])
+        check_same_tokenizer(main.tokenizer, draft_contents.tokenizer, draft.src)
     return write_package(main, Path(out), draft_contents)
 
 
@@ -345,6 +362,11 @@ def describe(manifest: Manifest) -> str:
     draft = manifest.data.get("draft")
     if draft:
         measured = draft["measured"]
-        line += (f"; draft: {draft['layers']} layers, measured acceptance {measured['acceptance_rate']:.0%} "
+        line += f"; draft: {draft['layers']} layers"
+        if draft.get("training"):
+            t = draft["training"]
+            line += (f", distilled {t['steps']} steps (KL to the target {t['kl_before']:.2f} -> {t['kl_after']:.2f} "
+                     "nats/token on held-out text)")
+        line += (f", measured acceptance {measured['acceptance_rate']:.0%} "
                  f"({measured['accepted_per_pass']:.2f} tokens accepted per pass at k={measured['draft_len']})")
     return line

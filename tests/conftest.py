@@ -48,6 +48,22 @@ def draft_pkg(tmp_path_factory: pytest.TempPathFactory, tiny_hf: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def auto_draft_pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-layer tiny target whose draft is `--draft auto`: 2 of its layers, distilled from it (on a text file: the
+    target's own text, the default, costs more time than tests need)."""
+    from edgekit.exporters.pipeline import export
+
+    from edgekit.evaltext import default_text
+
+    root = tmp_path_factory.mktemp("auto_draft_pkg")
+    src = tiny_hf_model(root / "src", num_hidden_layers=4)
+    calib = root / "calib.txt"
+    calib.write_text(default_text()[:12_000])
+    export(str(src), root / "pkg", draft="auto", draft_layers=2, draft_steps=30, calib=str(calib))
+    return root / "pkg"
+
+
+@pytest.fixture(scope="session")
 def tiny_encoder_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_sentence_encoder(tmp_path_factory.mktemp("tiny_encoder") / "model")
 

@@ -33,9 +33,10 @@ def varied_prompts(n: int) -> list[str]:
     return prompts
 
 
-@pytest.mark.parametrize("mode", ["ngram", "draft"])
-def test_greedy_speculative_equals_plain_greedy_on_50_prompts(draft_pkg: Path, mode: str) -> None:
-    model = load(draft_pkg, draft=True)
+@pytest.mark.parametrize(("mode", "pkg"), [("ngram", "draft_pkg"), ("draft", "draft_pkg"), ("draft", "auto_draft_pkg")])
+def test_greedy_speculative_equals_plain_greedy_on_50_prompts(request: pytest.FixtureRequest, mode: str,
+                                                              pkg: str) -> None:
+    model = load(request.getfixturevalue(pkg), draft=True)
     drafted = accepted = 0
     for prompt in varied_prompts(50):
         ids = model.encode(prompt)

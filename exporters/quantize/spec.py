@@ -87,11 +87,11 @@ def quant_config_from_options(weights: str | None, group_size: int | None = None
                               method: str | None = None, calib: str | None = None,
                               act_order: bool | None = None, plan: str | None = None,
                               target_bpw: float | None = None, tune_steps: int = 0,
-                              pruning: bool = False) -> QuantConfig | None:
+                              calib_elsewhere: bool = False) -> QuantConfig | None:
     """`edgekit export`'s quantization options as a QuantConfig (None: no --weights, --plan or --target-bpw:
-    keep the source's weights). With `pruning`, --calib also feeds the pruning, so a quantizer that reads no
-    calibration text leaves it unused instead of refusing it."""
-    if pruning and calib is not None and not (method == "gptq" or target_bpw is not None or tune_steps > 0):
+    keep the source's weights). With `calib_elsewhere`, --calib also feeds pruning or the auto draft's
+    distillation, so a quantizer that reads no calibration text leaves it unused instead of refusing it."""
+    if calib_elsewhere and calib is not None and not (method == "gptq" or target_bpw is not None or tune_steps > 0):
         calib = None
     if weights is None and plan is None and target_bpw is None:
         options = (("--group-size", group_size), ("--symmetric", symmetric), ("--method", method),
