@@ -29,6 +29,7 @@ from edgekit.runtime.loader import (
     require_kind,
     target_graph_path,
 )
+from edgekit.runtime.memory import release_freed_memory
 from edgekit.runtime.providers import select_provider
 from edgekit.runtime.sampling import SamplingParams, check_int
 from edgekit.runtime.static_decoder import StaticDecoder
@@ -166,9 +167,11 @@ class Model:
 
         `float_passes` (exact mode only): passes of several tokens (prompt prefill, speculative verify) run
         on float32 copies of the weights, a second session over the same cache. It costs memory (4 bytes per
-        weight: about 540 MB more for SmolLM2-135M) and buys cheap multi-token passes: onnxruntime's
-        MatMulNBits costs about 4x a one-token pass from 2 tokens on, a float32 GEMM about 1-2x (measured,
-        docs/cli.md). Still exact: the same weights, float32 arithmetic, in another summation order.
+        weight: SmolLM2-135M's process holds about 790 MB once loaded, against 270 MB without, and peaks at
+        3.6 GB while onnxruntime folds the weights at load) and buys cheap multi-token passes: a 5-token pass
+        costs about 3x a one-token pass on onnxruntime's MatMulNBits, about 1.4x on float32 weights
+        (benchmarks/multirow.py). Still exact: the same weights, float32 arithmetic, in another summation
+        order.
 
         `target`: run the graph exported for this target (a name from edgekit.targets) on `device`, instead of the
         one lowered for the device: `target="qnn"` runs the static-shape NPU graph on the CPU, to check it.
@@ -228,6 +231,8 @@ class Model:
         # The portable graph's dequantization bodies fold into float32 weights at session creation.
         wide = make_session(portable_graph_path(folder, manifest), replace(settings, spinning=False)) \
             if float_passes else None
+        if wide is not None:
+            release_freed_memory()  # what folding freed (runtime.memory)
         graph = (graph_path(folder, manifest, self.provider, self.fast) if self.target is None
                  else target_graph_path(folder, manifest, named_target(self.target), self.fast))
         return manifest, make_session(graph, settings), wide, length
