@@ -260,6 +260,8 @@ class PathSpec:
 PATHS: list[PathSpec] = [
     PathSpec("exact", "edgekit exact", "Q4_1 kept (exact)", "edgekit", None, ("edgekit.runtime",),
              "pip install -e .", Artifacts.package, {"fast": False}),
+    PathSpec("float", "edgekit exact +fp32 pass", "Q4_1 kept; fp32 prefill", "edgekit", None, ("edgekit.runtime",),
+             "pip install -e .", Artifacts.package, {"fast": False, "float_passes": True}),
     PathSpec("fast", "edgekit fast", "Q4_1 kept, int8 act.", "edgekit", None, ("edgekit.runtime",),
              "pip install -e .", Artifacts.package, {"fast": True}),
     PathSpec("llama", "llama.cpp", "Q4_1 GGUF", "llama", "llama", ("llama_cpp",),

@@ -296,6 +296,11 @@ class PathSpec:
     variants: tuple[tuple[str, str | None, int], ...]
 
 
+def _draft_variants() -> tuple[tuple[str, str | None, int], ...]:
+    return (("plain (no spin)", None, 0), *((f"draft k={k}", "draft", k) for k in DRAFT_KS),
+            (f"draft k={DRAFT_KS[0]}, verify all", "draft-all", DRAFT_KS[0]))
+
+
 def _ngram_variants() -> tuple[tuple[str, str | None, int], ...]:
     return (("plain", None, 0), *((f"ngram k={k}", "ngram", k) for k in NGRAM_KS),
             (f"ngram k={NGRAM_KS[0]}, verify all", "ngram-all", NGRAM_KS[0]))
@@ -305,8 +310,9 @@ PATHS = [
     PathSpec("exact", "edgekit exact", "edgekit", None, ("edgekit.runtime",), "pip install -e .",
              {"fast": False, "draft": False}, _ngram_variants()),
     PathSpec("draft", "edgekit exact +draft", "edgekit", None, ("edgekit.runtime",), "pip install -e .",
-             {"fast": False, "draft": True},
-             (("plain (no spin)", None, 0), *((f"draft k={k}", "draft", k) for k in DRAFT_KS))),
+             {"fast": False, "draft": True}, _draft_variants()),
+    PathSpec("draft-float", "edgekit exact +draft +float passes", "edgekit", None, ("edgekit.runtime",),
+             "pip install -e .", {"fast": False, "draft": True, "float_passes": True}, _draft_variants()),
     PathSpec("float", "edgekit exact +float passes", "edgekit", None, ("edgekit.runtime",), "pip install -e .",
              {"fast": False, "draft": False, "float_passes": True}, _ngram_variants()),
     PathSpec("fast", "edgekit fast", "edgekit", None, ("edgekit.runtime",), "pip install -e .",
@@ -616,7 +622,7 @@ def render(rows: list[Row], results: list[PathResult], found: list[Bound], diffs
 # -- driver ---------------------------------------------------------------------------------------------
 
 def export_package(out: Path) -> Path:
-    """A fresh package with the auto draft (about 10 s), so the numbers reflect the current exporter."""
+    """A fresh package with the auto draft (distilled: minutes), so the numbers reflect the current exporter."""
     from edgekit.exporters.pipeline import export
 
     log(f"exporting {MODEL_NAME} with draft='auto'")

@@ -1,9 +1,9 @@
 """Draft models for speculative decoding: checking a given draft, or building one from the target.
 
-`--draft auto` keeps a subset of the target's own layers (first and last, evenly spaced between) and
-distils it from the target on text the target writes itself: the draft is the target pruned by whole
-layers, recovered by exporters.prune's distillation loop, then quantized to int4 (round to nearest: a
-draft need not be exact, the target verifies every token it proposes). Without training
+`--draft auto` keeps the target's first layers and its last two, and distils them from the target on
+text the target writes itself: the draft is the target pruned by whole layers, recovered by
+exporters.prune's distillation loop, then quantized to int4 (round to nearest: a draft need not be
+exact, the target verifies every token it proposes). Without training
 (`--draft-steps 0`) the layer subset keeps the target's weights as they are; on SmolLM2-135M that draft
 was accepted 0% of the time. Every draft's acceptance rate is measured when the package is written
 (`measure_acceptance`, recorded in the manifest and printed by `edgekit export`), and again on the
@@ -19,7 +19,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from edgekit.exporters.prune.request import LayerRule, PruneRequest
 from edgekit.exporters.weights import Weight
 from tokenizers import Tokenizer
@@ -32,6 +31,11 @@ if TYPE_CHECKING:
 
 DEFAULT_KEEP_FRACTION = 1 / 3
 DEFAULT_DRAFT_STEPS = 200
+# Measured on SmolLM2-135M, a 10-of-30-layer draft, 60 steps (KL to the target / top-1 agreement on held-out
+# text; both near 14 nats / 0% untrained): first 8 + last 2 layers at 1e-3: 4.44 / 17%; at 3e-3: 5.69 / 10%;
+# evenly spaced layers at 1e-3: 5.45 / 9%. Pruning's recovery rate (3e-4) suits a model less far from its teacher.
+DRAFT_LR = 1e-3
+LAST_LAYERS = 2  # kept at the end: they map the hidden state to what the output layer reads
 DRAFT_WEIGHTS = "int4"  # the distilled draft's format (its embedding and output layer: int8, quantize.spec)
 ACCEPTANCE_PROMPTS = 8  # of calibration.NEUTRAL_PROMPTS
 ACCEPTANCE_TOKENS = 32
@@ -67,12 +71,13 @@ def check_same_tokenizer(target: Tokenizer, draft: Tokenizer, draft_src: str) ->
 
 
 def kept_layers(num_layers: int, count: int | None = None) -> list[int]:
-    """`count` layers of `num_layers` (default a third, at least 2): the first, the last, evenly spaced between."""
+    """`count` layers of `num_layers` (default a third, at least 2): the first ones and the last LAST_LAYERS."""
     n = max(2, round(num_layers * DEFAULT_KEEP_FRACTION)) if count is None else count
     if not 1 <= n < num_layers:
         raise EdgekitError(f"--draft-layers is {n}: the auto draft keeps from 1 to {num_layers - 1} of the "
                            f"target's {num_layers} layers")
-    return sorted({round(x) for x in np.linspace(0, num_layers - 1, n).tolist()})
+    last = min(LAST_LAYERS, n - 1)
+    return list(range(n - last)) + list(range(num_layers - last, num_layers))
 
 
 class LayerSubset:
@@ -130,7 +135,7 @@ def auto_draft(main: PackageContents, src: str, name: str, layers: int | None, s
                               f"{name} (auto draft: {len(keep)} of {n} layers, untrained)", main.targets)
         return
     with tempfile.TemporaryDirectory(prefix=".draft-") as tmp:
-        folder = prune(src, Path(tmp) / "draft", draft_request(n, keep), calib, steps).folder
+        folder = prune(src, Path(tmp) / "draft", draft_request(n, keep), calib, steps, DRAFT_LR).folder
         contents = prepare(str(folder), quant_config_from_options(DRAFT_WEIGHTS),
                            targets=tuple(t.name for t in main.targets))
         check_same_tokenizer(main.tokenizer, contents.tokenizer, "--draft auto")

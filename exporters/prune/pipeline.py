@@ -62,9 +62,10 @@ def numel(module: Any) -> int:
 
 
 def prune(src: str, out: str | Path, request: PruneRequest, calib: str | None = None,
-          recover_steps: int = 0) -> PruneResult:
+          recover_steps: int = 0, recover_lr: float = RECOVERY_LR) -> PruneResult:
     """SRC (GGUF file, Hugging Face folder or built-in name) pruned as `request` says, optionally recovered by
-    `recover_steps` steps of distillation, written as a Hugging Face folder `out` (exporters.prune.surgery)."""
+    `recover_steps` steps of distillation at `recover_lr`, written as a Hugging Face folder `out`
+    (exporters.prune.surgery)."""
     import torch
     from edgekit.exporters.quantize.tune import float_teacher
     from edgekit.exporters.reference import TorchReference
@@ -99,23 +100,24 @@ def prune(src: str, out: str | Path, request: PruneRequest, calib: str | None = 
         "parameters": {"before": total, "after": numel(model), "removed": 1 - numel(model) / total},
     }
     if teacher is not None:
-        record["recovery"] = recover(teacher, model, train, held_out if held else train, recover_steps)
+        record["recovery"] = recover(teacher, model, train, held_out if held else train, recover_steps, recover_lr)
     with torch.no_grad():
         model.float()
     _write(out, model, record, source, tokenizer, tok_info)
     return PruneResult(out, record)
 
 
-def recover(teacher: Any, student: Any, train: np.ndarray, held_out: np.ndarray, steps: int) -> dict[str, Any]:
-    """Distil the unpruned `teacher` into the pruned `student` (every weight but the embedding) for `steps` steps;
-    KL to the teacher on `held_out` windows before and after."""
+def recover(teacher: Any, student: Any, train: np.ndarray, held_out: np.ndarray, steps: int,
+            lr: float = RECOVERY_LR) -> dict[str, Any]:
+    """Distil the unpruned `teacher` into the pruned `student` (every weight but the embedding) for `steps` steps
+    at `lr`; KL to the teacher on `held_out` windows before and after."""
     before = mean_kl(teacher, student, held_out)
     params = [p for name, p in student.named_parameters() if "embed_tokens" not in name and "lm_head" not in name]
     student.train()
-    distill(teacher, lambda batch: student(batch).logits, params, train, steps, RECOVERY_LR, "recovery",
+    distill(teacher, lambda batch: student(batch).logits, params, train, steps, lr, "recovery",
             batch=RECOVERY_BATCH)
     student.eval()
-    return {"steps": steps, "learning_rate": RECOVERY_LR, "kl_before": before,
+    return {"steps": steps, "learning_rate": lr, "kl_before": before,
             "kl_after": mean_kl(teacher, student, held_out), "held_out_tokens": int(held_out.size)}
 
 
