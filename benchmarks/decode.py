@@ -235,8 +235,10 @@ class Artifacts:
         """optimum-onnx's fp32 export with KV cache (text-generation-with-past)."""
         def build(out: Path) -> None:
             log("exporting the fp32 ONNX model with optimum (once; cached)")
-            cli = self.python("optimum").parent / "optimum-cli"
-            run_logged([str(cli), "export", "onnx", "--model", str(hf), "--task", "text-generation-with-past",
+            # the module, not the optimum-cli script: the venv sees the main env's packages, so where optimum-onnx
+            # is installed there already, pip puts no script in the venv's bin
+            cli = [str(self.python("optimum")), "-m", "optimum.commands.optimum_cli"]
+            run_logged([*cli, "export", "onnx", "--model", str(hf), "--task", "text-generation-with-past",
                         str(out)], self.models / "ort-fp32-optimum.log")
         hf = self.hf_folder()
         return build_cached(self.models / "ort-fp32-optimum", build)

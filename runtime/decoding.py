@@ -72,6 +72,9 @@ class NoDrafter:
     def propose(self, context: list[int], k: int) -> list[int]:
         return []
 
+    def token_cost(self) -> float:
+        return 0.0
+
 
 def _accepts(logits: np.ndarray, token: int, params: SamplingParams, rng: np.random.Generator) -> bool:
     if params.greedy:
@@ -85,6 +88,19 @@ def _timed_forward(decoder: Decoder, ids: list[int], n_logits: int, policy: Cost
     if policy is not None:
         policy.record_pass(len(ids), time.perf_counter() - t0)
     return logits
+
+
+def _draft(drafter: Drafter, policy: CostAwareLength | None, context: list[int], k: int) -> list[int]:
+    """The drafted tokens to verify. A drafter whose tokens cost time (a draft model) runs only for as many as
+    the policy expects to pay for, counting that time too; once drafted, tokens cost nothing more, and the
+    policy cuts the draft to the length worth a verify pass."""
+    if policy is None:
+        return drafter.propose(context, k)
+    cost = drafter.token_cost()
+    if cost:
+        k = policy.length(getattr(drafter, "last_source", None), k, cost)
+    draft = drafter.propose(context, k) if k else []
+    return draft[:policy.length(getattr(drafter, "last_source", None), len(draft))]
 
 
 def decode(decoder: Decoder, prompt: list[int], *, max_new_tokens: int, params: SamplingParams,
@@ -125,10 +141,8 @@ def decode(decoder: Decoder, prompt: list[int], *, max_new_tokens: int, params: 
         context.append(token)
         if produced == budget:
             return
-        draft = drafter.propose(context, min(draft_len, budget - produced))
+        draft = _draft(drafter, policy, context, min(draft_len, budget - produced))
         source = getattr(drafter, "last_source", None)
-        if policy is not None:
-            draft = draft[:policy.length(source, len(draft))]
         verified = _timed_forward(decoder, [token, *draft], len(draft) + 1, policy)
         stats.target_passes += 1
         stats.drafted += len(draft)

@@ -13,8 +13,9 @@ SmolLM2-135M, docs/cli.md). A draft is only worth verifying when enough of it wi
   an optimistic prior worth two trials at 0.8, so that every source gets tried and a poor one is
   dropped after a few rejections.
 With per-token acceptance a, verifying k tokens yields (1 - a^(k+1)) / (1 - a) new tokens on average
-(the target's own token included) for the cost of a (k + 1)-token pass; the policy picks the k with
-the best ratio, and k = 0 (a plain step) when no draft beats plain decoding. Greedy output does not
+(the target's own token included) for the cost of a (k + 1)-token pass, plus, for a draft model, k of its
+own passes (measured by the drafter); the policy picks the k with the best ratio, and k = 0 (a plain step,
+the draft model not run) when no draft beats plain decoding. Greedy output does not
 depend on k: only the speed does.
 
 Pass costs (`PassCosts`) are one table per loaded model, shared by concurrent generations behind a lock;
@@ -85,8 +86,9 @@ class CostAwareLength:
         """Seconds for a pass of `tokens` tokens (see PassCosts.costs); None before any pass was timed."""
         return self.costs.costs(tokens)[-1]
 
-    def length(self, source: object, available: int) -> int:
-        """The number of drafted tokens (0..available) to verify in the next pass."""
+    def length(self, source: object, available: int, token_cost: float = 0.0) -> int:
+        """The number of drafted tokens (0..available) to verify in the next pass; `token_cost`: seconds each
+        drafted token still costs to make (a draft model not yet run), counted against it."""
         if not available:
             return 0
         costs = self.costs.costs(available + 1)
@@ -95,7 +97,7 @@ class CostAwareLength:
         a = min(self.acceptance(source), 0.999)
         best_k, best_rate = 0, 1.0 / costs[0]
         for k in range(1, available + 1):
-            rate = (1 - a ** (k + 1)) / (1 - a) / costs[k]  # type: ignore[operator]
+            rate = (1 - a ** (k + 1)) / (1 - a) / (costs[k] + k * token_cost)  # type: ignore[operator]
             if rate > best_rate:
                 best_k, best_rate = k, rate
         return best_k

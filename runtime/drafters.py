@@ -10,10 +10,15 @@ with the simplest acceptance rule (see edgekit.runtime.decoding).
 
 from __future__ import annotations
 
+import statistics
+import time
+from collections import deque
 from typing import Protocol
 
 import numpy as np
 from edgekit.runtime.decoder import Decoder
+
+COST_SAMPLES = 9  # draft-model timings kept: a running median, as for the target's passes (runtime.draft_policy)
 
 
 class Drafter(Protocol):
@@ -22,6 +27,9 @@ class Drafter(Protocol):
 
     def propose(self, context: list[int], k: int) -> list[int]:
         """Up to k tokens that may follow `context` (the whole sequence so far)."""
+
+    def token_cost(self) -> float:
+        """Seconds one drafted token costs to propose (0: nothing worth counting, as for a lookup)."""
 
 
 class NgramDrafter:
@@ -57,6 +65,9 @@ class NgramDrafter:
         self.last_source = 0
         return []
 
+    def token_cost(self) -> float:
+        return 0.0
+
 
 class ModelDrafter:
     """A draft model kept in step with the sequence: its cache is rolled back to what was accepted."""
@@ -66,6 +77,11 @@ class ModelDrafter:
         self.min_confidence = min_confidence
         self._cached: list[int] = []  # tokens whose keys and values are in the draft's cache
         self.last_source = "model"
+        self._seconds: deque[float] = deque(maxlen=COST_SAMPLES)  # per draft-model pass
+
+    def token_cost(self) -> float:
+        """The draft model's seconds per pass (running median; 0 until measured, so that it gets tried)."""
+        return statistics.median(self._seconds) if self._seconds else 0.0
 
     def start(self, prompt: list[int]) -> None:
         self.decoder.reset()
@@ -85,6 +101,7 @@ class ModelDrafter:
         return logits
 
     def propose(self, context: list[int], k: int) -> list[int]:
+        t0, passes = time.perf_counter(), 1
         logits = self._sync(context)
         tokens: list[int] = []
         for i in range(k):
@@ -96,6 +113,8 @@ class ModelDrafter:
             if i + 1 < k:
                 logits = self.decoder.forward([token])[-1]
                 self._cached.append(token)
+                passes += 1
+        self._seconds.append((time.perf_counter() - t0) / passes)
         return tokens
 
 

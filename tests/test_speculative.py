@@ -170,6 +170,44 @@ def test_draft_policy_verifies_only_drafts_that_pay() -> None:
     assert policy.cost(4) == 3.0 and policy.cost(9) == 3.0
 
 
+def test_draft_policy_counts_a_draft_models_own_passes() -> None:
+    policy = CostAwareLength()
+    for m in range(1, 6):
+        policy.record_pass(m, 1.0 + 0.1 * (m - 1))  # cheap verify passes: drafting pays at the prior acceptance
+    assert policy.length("model", 4) == 4
+    assert policy.length("model", 4, token_cost=1.0) == 0  # a drafted token costing a target pass does not
+
+
+class CostlyDrafter:
+    """Proposes k zeros; each would cost 10 s to make."""
+
+    last_source = "model"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def start(self, prompt: list[int]) -> None:
+        pass
+
+    def propose(self, context: list[int], k: int) -> list[int]:
+        self.calls += 1
+        return [0] * k
+
+    def token_cost(self) -> float:
+        return 10.0
+
+
+def test_a_draft_model_that_cannot_pay_is_not_run(tiny_gguf_pkg: Path) -> None:
+    model = load(tiny_gguf_pkg)
+    prompt = model.encode("Hello there, my friend")
+    plain = list(model.generate_ids(prompt, GenerationConfig(12, stop_token_ids=())))
+    drafter = CostlyDrafter()
+    out = list(decode(model.decoder, prompt, max_new_tokens=12, params=SamplingParams(), rng=np.random.default_rng(0),
+                      stops=set(), drafter=drafter, draft_len=4, policy=CostAwareLength()))
+    assert out == plain
+    assert drafter.calls == 1  # once, before any verify pass was timed; then 10 s a token never pays
+
+
 @pytest.mark.parametrize("policy", ["cost", "all"])
 def test_greedy_output_does_not_depend_on_the_draft_policy(draft_pkg: Path, policy: str) -> None:
     model = load(draft_pkg)
