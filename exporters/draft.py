@@ -119,8 +119,8 @@ def draft_request(num_layers: int, layers: list[int]) -> PruneRequest:
 def auto_draft(main: PackageContents, src: str, name: str, layers: int | None, steps: int,
                calib: str | None) -> Iterator[PackageContents]:
     """The `--draft auto` contents for target `main` (made from SRC): `layers` of its layers, distilled for `steps`
-    steps on calibration text `calib` (None: text the target writes). The distilled draft lives in a temporary
-    folder beside the package until the context ends (the package is written inside it)."""
+    steps on calibration text `calib` (None: text the target writes). The distilled draft's float folder lives in
+    a temporary folder until the context ends: write the package inside it."""
     from edgekit.exporters.pipeline import PackageContents, build_graph, prepare
     from edgekit.exporters.prune import prune
     from edgekit.exporters.quantize.spec import quant_config_from_options
