@@ -10,15 +10,12 @@ with the simplest acceptance rule (see edgekit.runtime.decoding).
 
 from __future__ import annotations
 
-import statistics
 import time
-from collections import deque
 from typing import Protocol
 
 import numpy as np
 from edgekit.runtime.decoder import Decoder
-
-COST_SAMPLES = 9  # draft-model timings kept: a running median, as for the target's passes (runtime.draft_policy)
+from edgekit.runtime.draft_policy import PassCosts
 
 
 class Drafter(Protocol):
@@ -77,11 +74,11 @@ class ModelDrafter:
         self.min_confidence = min_confidence
         self._cached: list[int] = []  # tokens whose keys and values are in the draft's cache
         self.last_source = "model"
-        self._seconds: deque[float] = deque(maxlen=COST_SAMPLES)  # per draft-model pass
+        self.costs = PassCosts()  # the draft model's one-token passes, a running median
 
     def token_cost(self) -> float:
         """The draft model's seconds per pass (running median; 0 until measured, so that it gets tried)."""
-        return statistics.median(self._seconds) if self._seconds else 0.0
+        return self.costs.costs(1)[0] or 0.0
 
     def start(self, prompt: list[int]) -> None:
         self.decoder.reset()
@@ -114,7 +111,7 @@ class ModelDrafter:
                 logits = self.decoder.forward([token])[-1]
                 self._cached.append(token)
                 passes += 1
-        self._seconds.append((time.perf_counter() - t0) / passes)
+        self.costs.record(1, (time.perf_counter() - t0) / passes)
         return tokens
 
 
