@@ -185,7 +185,7 @@ def summary_table(s: dict[str, Any]) -> str:
     lines.append(f"custom ops    {', '.join(g['custom_ops']) or 'none'}")
     targets = [f"{name} ({e.get('provider')}): {e.get('file')}" + (f", fast {e['fast_file']}" if e.get("fast_file")
                                                                     else "")
-               for name, e in g["targets"].items()]
+               + (f", step {e['step_file']}" if e.get("step_file") else "") for name, e in g["targets"].items()]
     lines.append("targets       portable: " + str(g["file"]) + "".join(f"; {x}" for x in targets))
     lines.append(f"tokenizer     {t['file']}, bos {t['bos'][0]} {t['bos'][1]!r}, eos {t['eos'][0]} {t['eos'][1]!r}, "
                  f"stop ids {t['stop_token_ids']}, add bos {t['add_bos_token']}, chat template "

@@ -144,7 +144,7 @@ def _check_manifest(folder: Path, manifest: Manifest, path: Path) -> None:
                    and 0 < static["chunk"] <= static["context"] < 1 << 31,
                    f"graph.targets.{name}.static is not {{chunk, context}} with 0 < chunk <= context")
     named = [graph.get("file"), tok.get("file"), *(t.get("file") for t in targets.values()),
-             *(t["fast_file"] for t in targets.values() if "fast_file" in t)]
+             *(t[key] for t in targets.values() for key in ("fast_file", "step_file") if key in t)]
     for rel in named:
         package_file(folder, manifest, rel)
     if contract == EMBEDDING_CONTRACT:

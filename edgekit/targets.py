@@ -30,8 +30,10 @@ class Target:
     fast_variant: bool = False
     static_shapes: bool = False
 
-    def graph_file(self, fast: bool = False) -> str:
-        return "model.onnx" if self.provider is None else f"model.{self.name}{'-fast' if fast else ''}.onnx"
+    def graph_file(self, variant: str = "") -> str:
+        """The file of its graph, or of a variant: `fast` (int8 activations), `step` (a static target's one-token
+        graph beside its chunk graph)."""
+        return "model.onnx" if self.provider is None else f"model.{self.name}{'-' + variant if variant else ''}.onnx"
 
 
 _NBITS = frozenset({"MatMulNBits", "GroupQueryAttention", "SkipSimplifiedLayerNormalization"})
@@ -44,7 +46,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("cpu", "CPUExecutionProvider", _NBITS, _NBITS_RULES, frozenset({2, 4, 8}), fast_variant=True),
     Target("cuda", "CUDAExecutionProvider", _NBITS, _NBITS_RULES, frozenset({4})),
     # Qualcomm's HTP (NPU) runs static shapes and standard ops: QDQ encoders (exporters.qnn_graph) and native
-    # decoders with float activations (exporters.static_graph).
+    # decoders with float activations (exporters.static_graph: a chunk graph for prompts, a one-token step graph).
     Target("qnn", "QNNExecutionProvider", static_shapes=True),
 )}
 DEFAULT_TARGETS = ("cpu",)

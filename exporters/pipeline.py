@@ -82,20 +82,23 @@ def lower_graphs(built: BuiltGraph, targets: tuple[Target, ...]) -> dict[str, on
     for t in targets:
         if t.static_shapes:
             graphs[t.graph_file()] = built.static[t.name].model
+            if built.static[t.name].step is not None:
+                graphs[t.graph_file("step")] = built.static[t.name].step
         elif t.provider is not None:
             graphs[t.graph_file()] = lower(built.model, t)
             if t.fast_variant:
-                graphs[t.graph_file(fast=True)] = lower(built.model, t, fast=True, exact_nodes=exact)
+                graphs[t.graph_file("fast")] = lower(built.model, t, fast=True, exact_nodes=exact)
     return graphs
 
 
 def target_entries(targets: tuple[Target, ...], static: dict[str, StaticGraph] | None = None,
                    ) -> dict[str, dict[str, Any]]:
     """The manifest's `graph.targets`: per target, its provider and graph files (and a static-shape target's
-    shapes, quantization and calibration)."""
+    step graph, shapes, quantization and calibration)."""
     static = static or {}
     return {t.name: {"provider": t.provider, "file": t.graph_file(),
-                     **({"fast_file": t.graph_file(fast=True)} if t.fast_variant else {}),
+                     **({"fast_file": t.graph_file("fast")} if t.fast_variant else {}),
+                     **({"step_file": t.graph_file("step")} if t.name in static and static[t.name].step else {}),
                      **(static[t.name].entry if t.name in static else {})}
             for t in targets if t.provider is not None}
 

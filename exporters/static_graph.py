@@ -13,6 +13,11 @@ large negative number where not; columns 0..L-1 are the cache slots, L..L+C-1 th
 `past_key_values.{i}.key|value` float32 [1, kv_heads, L, head_dim]; outputs `logits` float32 [1, C, vocab] and
 `present.{i}.key|value` float32 [1, kv_heads, C, head_dim]: the chunk's own keys (rotary applied) and values,
 which the runtime writes into its cache (runtime.static_decoder).
+
+A chunk graph costs a whole chunk's compute whatever the number of real tokens in it, so each decode step
+would pay C tokens' work for one (on the CPU, 32-64 times a step's matrix work). Beside it goes the step graph,
+the same graph with C = 1 (same weights, stored once), which the runtime runs for single tokens: the two-graph
+layout NPU runtimes use (a prompt processor and a token generator).
 """
 
 from __future__ import annotations
@@ -67,16 +72,21 @@ def static_shapes(config: ModelConfig, chunk: int | None, context: int | None,
 
 @dataclass
 class StaticGraph:
-    """A static-shape target's graph and what its manifest entry records beyond provider and file."""
+    """A static-shape target's graph, its one-token step graph (a decoder's, when its chunk is longer than one),
+    and what its manifest entry records beyond provider and files."""
 
     model: onnx.ModelProto
     entry: dict[str, Any]
+    step: onnx.ModelProto | None = None
 
 
 def static_decoder_graph(arch: Architecture, weights: WeightSource, shapes: StaticShapes) -> StaticGraph:
-    """The static-shape graph of `arch` over `weights` (module docstring), with its shapes for the manifest."""
+    """The static-shape graphs of `arch` over `weights` (module docstring), with their shapes for the manifest."""
     model, _ = arch.build(weights, builder=StaticGraphBuilder(arch.config, shapes))
-    return StaticGraph(model, {"static": shapes.to_dict(), "activations": "float"})
+    step = None
+    if shapes.chunk > 1:
+        step, _ = arch.build(weights, builder=StaticGraphBuilder(arch.config, StaticShapes(1, shapes.context)))
+    return StaticGraph(model, {"static": shapes.to_dict(), "activations": "float"}, step)
 
 
 class StaticGraphBuilder(GraphBuilder):

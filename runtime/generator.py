@@ -13,7 +13,7 @@ from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -154,6 +154,17 @@ class Generation(Iterator[T], Generic[T]):
         self._items.close()
 
 
+class Opened(NamedTuple):
+    """A package opened for generation: its manifest, the session over its graph, the float-passes session
+    (`wide`), a static graph's one-token step session, and the most tokens a sequence may hold."""
+
+    manifest: Manifest
+    session: ort.InferenceSession
+    wide: ort.InferenceSession | None
+    step: ort.InferenceSession | None
+    max_length: int
+
+
 class Model:
     """A loaded package, safe to share between threads: each generation runs on KV caches of its own."""
 
@@ -186,10 +197,11 @@ class Model:
         self.float_passes = float_passes
         # Sessions that take turns on few cores must not spin (FACTS.md): the target beside a draft model; the
         # float session beside the one it serves (it runs seldom, so the main session keeps spinning).
-        self.manifest, self._session, self._wide_session, self.max_length = self._open(
-            self.path, verify, max_length, threads, spinning and not draft, float_passes)
+        opened = self._open(self.path, verify, max_length, threads, spinning and not draft, float_passes)
+        self.manifest, self._session, self.max_length = opened.manifest, opened.session, opened.max_length
+        self._wide_session, self._step_session = opened.wide, opened.step
         self.config = self.manifest.model
-        self._static = self._static_shapes(self.manifest) is not None
+        self._static = self._static_entry(self.manifest) is not None
         self.codec = TextCodec(package_file(self.path, self.manifest, self.manifest.tokenizer["file"]),
                                self.manifest.tokenizer)
         self._draft_session: ort.InferenceSession | None = None
@@ -199,8 +211,8 @@ class Model:
             if not draft_dir:
                 raise EdgekitError("this package has no draft model (export it with --draft)", self.path)
             # Two sessions take turns on few cores: spinning threads of the idle one would steal them.
-            _, self._draft_session, _, self._draft_length = self._open(package_path(self.path, draft_dir), verify,
-                                                                       self.max_length, threads, False)
+            drafting = self._open(package_path(self.path, draft_dir), verify, self.max_length, threads, False)
+            self._draft_session, self._draft_length = drafting.session, drafting.max_length
         self._caches: StatePool[SequenceCaches] = StatePool(self._new_caches, idle_caches)
         self._direct: SequenceCaches | None = None
         self._local = threading.local()  # per thread: the stats of its latest generation
@@ -209,23 +221,23 @@ class Model:
     def _new_caches(self) -> SequenceCaches:
         draft = Decoder(self._draft_session, self._draft_length) if self._draft_session is not None else None
         if self._static:
-            return SequenceCaches(StaticDecoder(self._session, self.max_length), draft)
+            return SequenceCaches(StaticDecoder(self._session, self.max_length, self._step_session), draft)
         if self.manifest.data["graph"]["contract"] == CONCAT_KV_CONTRACT:
             return SequenceCaches(ConcatCacheDecoder(self._session, self.max_length), draft)
         return SequenceCaches(Decoder(self._session, self.max_length, self._wide_session), draft)
 
     def _open(self, folder: Path, verify: bool, max_length: int | None, threads: int, spinning: bool,
-              float_passes: bool = False) -> tuple[Manifest, ort.InferenceSession, ort.InferenceSession | None, int]:
+              float_passes: bool = False) -> Opened:
         manifest = load_manifest(folder, verify=verify)
         require_kind(folder, manifest, False, "load it with edgekit.runtime.load(), which gives an Encoder (embed)")
         if float_passes and manifest.data["graph"]["contract"] != CONTRACT:
             raise EdgekitError("float_passes needs a decoder built by edgekit's native builder (its cache buffers "
                                "are shared by two sessions)", folder)
         config = manifest.model
-        static = self._static_shapes(manifest)
+        static = self._static_entry(manifest)
         if static and float_passes:
             raise EdgekitError("float_passes needs a graph with dynamic shapes, not the static one", folder)
-        limit = static["context"] if static else config.max_position_embeddings
+        limit = static["static"]["context"] if static else config.max_position_embeddings
         length = min(max_length or DEFAULT_MAX_LENGTH, limit)
         settings = SessionSettings(self.provider, threads, spinning)
         # The portable graph's dequantization bodies fold into float32 weights at session creation.
@@ -235,12 +247,16 @@ class Model:
             release_freed_memory()  # what folding freed (runtime.memory)
         graph = (graph_path(folder, manifest, self.provider, self.fast) if self.target is None
                  else target_graph_path(folder, manifest, named_target(self.target), self.fast))
-        return manifest, make_session(graph, settings), wide, length
+        step = make_session(package_file(folder, manifest, static["step_file"]), settings) \
+            if static and "step_file" in static else None
+        return Opened(manifest, make_session(graph, settings), wide, step, length)
 
-    def _static_shapes(self, manifest: Manifest) -> dict[str, int] | None:
-        """{chunk, context} when the graph this model runs has static shapes (runtime.static_decoder), else None."""
+    def _static_entry(self, manifest: Manifest) -> dict[str, Any] | None:
+        """The target entry of the graph this model runs when it has static shapes (runtime.static_decoder: its
+        `static` {chunk, context} and `step_file`), else None."""
         chosen = target_for_provider(self.provider) if self.target is None else named_target(self.target)
-        return manifest.data["graph"].get("targets", {}).get(chosen.name, {}).get("static")
+        entry = manifest.data["graph"].get("targets", {}).get(chosen.name, {})
+        return entry if "static" in entry else None
 
     def _direct_caches(self) -> SequenceCaches:
         if self._direct is None:

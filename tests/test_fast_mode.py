@@ -70,7 +70,7 @@ def test_lowering_keeps_exact_nodes_at_level_0(tiny_gguf_pkg: Path, fast: bool) 
 
 def _fast_levels(pkg: Path) -> dict[str, int]:
     """accuracy_level of each MatMulNBits in the package's CPU fast graph, by output name."""
-    graph = onnx.load(str(pkg / TARGETS["cpu"].graph_file(fast=True)), load_external_data=False)
+    graph = onnx.load(str(pkg / TARGETS["cpu"].graph_file("fast")), load_external_data=False)
     return {n.output[0]: next(a.i for a in n.attribute if a.name == "accuracy_level")
             for n in graph.graph.node if n.op_type == "MatMulNBits"}
 

@@ -41,8 +41,13 @@ def models(static_pkg: Path) -> tuple[Model, Model]:
 def test_manifest_records_the_static_target(static_pkg: Path) -> None:
     m = json.loads((static_pkg / "manifest.json").read_text())
     assert m["graph"]["targets"]["qnn"] == {"provider": "QNNExecutionProvider", "file": "model.qnn.onnx",
+                                            "step_file": "model.qnn-step.onnx",
                                             "static": {"chunk": CHUNK, "context": CONTEXT}, "activations": "float"}
     graph = onnx.load(str(static_pkg / "model.qnn.onnx"), load_external_data=False)
+    step = onnx.load(str(static_pkg / "model.qnn-step.onnx"), load_external_data=False)
+    step_shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in step.graph.input}
+    assert step_shapes["input_ids"] == [1, 1] and step_shapes["attention_mask"] == [1, 1, 1, CONTEXT + 1]
+    assert step_shapes["past_key_values.0.key"] == [1, 2, CONTEXT, 16]
     assert {n.domain for n in graph.graph.node} <= {"", "edgekit"}  # no com.microsoft kernels
     shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.graph.input}
     assert shapes["input_ids"] == shapes["position_ids"] == [1, CHUNK]
@@ -54,6 +59,49 @@ def test_manifest_records_the_static_target(static_pkg: Path) -> None:
     portable = onnx.load(str(static_pkg / "model.onnx"), load_external_data=False)
     external = {t.name for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
     assert external and external <= {t.name for t in portable.graph.initializer}
+    assert {t.name for t in step.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL} == external
+
+
+def test_decode_steps_run_the_step_graph(models: tuple[Model, Model]) -> None:
+    """The prompt goes through the chunk graph in whole chunks, then its short tail and every decode step through
+    the one-token graph: no step pays a padded chunk."""
+    dynamic, static = models
+    runs = {"chunk": 0, "step": 0}
+
+    class Counted:
+        def __init__(self, session: object, kind: str):
+            self.session, self.kind = session, kind
+
+        def run(self, *args: object) -> object:
+            runs[self.kind] += 1
+            return self.session.run(*args)  # type: ignore[attr-defined]
+
+    d = static.decoder
+    assert d.step_below == 2  # max(2, C / 8) for C = 8: single tokens step
+    d.session, d.step_session = Counted(d.session, "chunk"), Counted(d.step_session, "step")
+    try:
+        ids = dynamic.encode(PROMPTS[2])
+        tail = len(ids) % CHUNK
+        d.reset()
+        logits = d.forward(ids, n_logits=len(ids))
+        assert runs == {"chunk": len(ids) // CHUNK + (tail >= 2), "step": int(tail == 1)}
+        np.testing.assert_allclose(logits, dynamic.logits(ids), atol=1e-4)
+        before = dict(runs)
+        for token in (5, 6, 7):
+            d.forward([token])
+        assert runs == {"chunk": before["chunk"], "step": before["step"] + 3}
+    finally:
+        d.session, d.step_session = d.session.session, d.step_session.session
+
+
+def test_a_one_token_chunk_needs_no_step_graph(tmp_path: Path, tiny_gguf_file: Path) -> None:
+    from edgekit.exporters.pipeline import export
+
+    export(str(tiny_gguf_file), tmp_path / "pkg", targets=("qnn",), static_chunk=1, static_context=16)
+    assert "step_file" not in json.loads((tmp_path / "pkg" / "manifest.json").read_text())["graph"]["targets"]["qnn"]
+    assert not (tmp_path / "pkg" / "model.qnn-step.onnx").exists()
+    ids = [5, 6, 7, 8]
+    assert len(list(Model(tmp_path / "pkg", target="qnn").generate_ids(ids, max_new_tokens=4))) == 4
 
 
 def test_greedy_and_logits_equal_the_dynamic_graph(models: tuple[Model, Model]) -> None:
@@ -129,12 +177,13 @@ def test_default_shapes_fit_the_model(tmp_path: Path, tiny_gguf_file: Path) -> N
 
 def test_runs_wholly_on_the_qnn_htp_simulator(static_pkg: Path, models: tuple[Model, Model],
                                               capfd: pytest.CaptureFixture) -> None:
-    """`device="qnn"` runs the static graph on QNN's HTP simulator (onnxruntime-qnn, x86 Linux; float16): every
-    node on the NPU, the same greedy tokens as the static graph on the CPU."""
+    """`device="qnn"` runs the static graphs (chunk and step) on QNN's HTP simulator (onnxruntime-qnn, x86 Linux;
+    float16): every node on the NPU, the same greedy tokens as the static graphs on the CPU."""
     pytest.importorskip("onnxruntime_qnn")
     npu = Model(static_pkg, device="qnn")
     assert npu.provider == "QNNExecutionProvider"
-    assert re.search(r"QNN \(HTP\): (\d+) of \1 nodes on the NPU", capfd.readouterr().err)
+    placed = re.findall(r"QNN \(HTP\): (\d+) of (\d+) nodes on the NPU", capfd.readouterr().err)
+    assert len(placed) == 2 and all(on == total for on, total in placed), placed  # the chunk and step graphs
     ids = models[1].encode(PROMPTS[2])  # several chunks
     assert list(npu.generate_ids(ids, max_new_tokens=8)) == list(models[1].generate_ids(ids, max_new_tokens=8))
 
