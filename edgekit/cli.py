@@ -86,7 +86,8 @@ def main() -> None:
 @click.option("--symmetric", is_flag=True, help="Zero point in the middle of the code range, no per-group minimum.")
 @click.option("--method", default=None, help="rtn (round to nearest, default) or gptq (calibrated).")
 @click.option("--calib", default=None,
-              help="Calibration text file for gptq, --tune-steps and --target-bpw [text the model writes itself].")
+              help="Calibration text file for gptq, --tune-steps, --target-bpw, --prune, --draft auto and an "
+                   "encoder's --target qnn ranges [text the model writes itself; held-out text for qnn].")
 @click.option("--act-order/--no-act-order", default=None,
               help="gptq: quantize columns by decreasing input energy [on].")
 @click.option("--plan", default=None, help="YAML file of per-layer formats (layer-name globs; see docs/cli.md).")
@@ -124,9 +125,11 @@ def export(src: str, out: str, draft: str | None, draft_layers: int | None, draf
     from edgekit.exporters.pipeline import export as run_export
     from edgekit.exporters.prune.request import request_from_spec
     from edgekit.exporters.quantize.spec import quant_config_from_options
+    from edgekit.targets import target
 
     quant = quant_config_from_options(weights, group_size, symmetric, method, calib, act_order, plan, target_bpw,
-                                      tune_steps, calib_elsewhere=prune_spec is not None or draft == "auto")
+                                      tune_steps, calib_elsewhere=prune_spec is not None or draft == "auto"
+                                      or any(target(t).static_shapes for t in targets))
     if recover_steps and prune_spec is None:
         raise EdgekitError("--recover-steps recovers a pruned model: give --prune too")
     prune = request_from_spec(prune_spec) if prune_spec is not None else None

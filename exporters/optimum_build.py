@@ -24,7 +24,7 @@ from edgekit.exporters.pooling_graph import append_pooling
 from edgekit.exporters.quantize.calibration import file_windows
 from edgekit.exporters.quantize.plan import load_plan
 from edgekit.exporters.quantize.rtn import quantize_rtn
-from edgekit.exporters.quantize.spec import HEAD_BITS, QuantConfig, embedding_format
+from edgekit.exporters.quantize.spec import HEAD_BITS, CalibrationConfig, QuantConfig, embedding_format
 from edgekit.exporters.sentence_config import read_sentence_config
 from tokenizers import Tokenizer
 
@@ -94,7 +94,7 @@ class OptimumBuild:
 
     def _calibration(self, quant: QuantConfig, tokenizer: Tokenizer) -> tuple[list[np.ndarray], str]:
         if self.sentence is not None:
-            return calibration_sentences(quant, tokenizer, self.path, self.sentence.max_seq_length)
+            return calibration_sentences(quant.calibration, tokenizer, self.path, self.sentence.max_seq_length)
         windows, said = calibration_windows(quant, tokenizer, self.path, self.config.max_position_embeddings)
         return list(windows), said
 
@@ -191,7 +191,7 @@ def calibration_windows(quant: QuantConfig, tokenizer: Tokenizer, path: Path, lo
     return np.asarray(ids[: n * cal.seq_len], np.int64).reshape(n, cal.seq_len), f"held-out text, {n * cal.seq_len} tokens"
 
 
-def calibration_sentences(quant: QuantConfig, tokenizer: Tokenizer, path: Path, longest: int,
+def calibration_sentences(cal: CalibrationConfig, tokenizer: Tokenizer, path: Path, longest: int,
                           ) -> tuple[list[np.ndarray], str]:
     """An encoder's GPTQ calibration inputs: one per line of --calib's file (else of the held-out text), with
     the tokenizer's special tokens, truncated at `longest` (keeping the closing special token), as the encoder
@@ -199,7 +199,6 @@ def calibration_sentences(quant: QuantConfig, tokenizer: Tokenizer, path: Path, 
     cut from running text (no [CLS], lengths it never sees) calibrate it poorly: on all-MiniLM-L6-v2 int4 g32,
     mean cosine to PyTorch on edgekit's validation sentences 0.970 with RTN, 0.974 with GPTQ on 256-token
     windows, 0.983 with GPTQ on 834 sentences (measured)."""
-    cal = quant.calibration
     try:
         text = Path(cal.file).read_text(encoding="utf-8") if cal.file is not None else held_out_text()
     except (OSError, UnicodeDecodeError) as exc:

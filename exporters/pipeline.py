@@ -127,11 +127,12 @@ def int8_everywhere(contents: PackageContents) -> PackageContents:
 
 def prepare(src: str, quant: QuantConfig | None = None, targets: tuple[str, ...] = DEFAULT_TARGETS,
             builder: str = "auto", static_length: int | None = None, static_chunk: int | None = None,
-            static_context: int | None = None) -> PackageContents:
+            static_context: int | None = None, static_calib: str | None = None) -> PackageContents:
     """Stages 1 and 2 for SRC: open and check the source, quantize it if `quant` says so, build its graph; the
     package will carry graphs lowered for `targets` (names from edgekit.targets). `builder`: native, optimum,
     or auto (native where edgekit has a builder for the architecture, else optimum). Static-shape targets'
-    graphs: an encoder's `static_length` tokens per text (exporters.qnn_graph), a native decoder's
+    graphs: an encoder's `static_length` tokens per text (exporters.qnn_graph), QDQ ranges calibrated on
+    `static_calib` (a text file; None: --calib's file of `quant`, else held-out text); a native decoder's
     `static_chunk` tokens per run over `static_context` cache slots (exporters.static_graph); None: defaults."""
     chosen = tuple(target(t) for t in dict.fromkeys(targets))
     static = [t.name for t in chosen if t.static_shapes]
@@ -142,7 +143,11 @@ def prepare(src: str, quant: QuantConfig | None = None, targets: tuple[str, ...]
         if (static_chunk, static_context) != (None, None):
             raise EdgekitError("--static-chunk and --static-context shape a native decoder's static graph "
                                "(an encoder's takes --static-length)", src)
-        return _prepare_optimum(src, quant, chosen, static_length)
+        return _prepare_optimum(src, quant, chosen, static_length, static_calib)
+    if static_calib is not None:
+        raise EdgekitError("--calib calibrates an encoder's QDQ graph for --target qnn, or --method gptq, "
+                           "--tune-steps, --target-bpw, --prune or --draft auto: a decoder's static graph has float "
+                           "activations, nothing to calibrate", src)
     if static_length is not None:
         raise EdgekitError("--static-length is for encoders (a decoder's static graph takes --static-chunk and "
                            "--static-context)", src)
@@ -155,7 +160,7 @@ def prepare(src: str, quant: QuantConfig | None = None, targets: tuple[str, ...]
 
 
 def _prepare_optimum(src: str, quant: QuantConfig | None, targets: tuple[Target, ...],
-                     static_length: int | None) -> PackageContents:
+                     static_length: int | None, static_calib: str | None) -> PackageContents:
     """prepare() through optimum's exporter (exporters.optimum_build); static-shape targets' graphs are made from
     its float graph (exporters.qnn_graph)."""
     from edgekit.exporters.hf_source import hf_tokenizer
@@ -164,7 +169,8 @@ def _prepare_optimum(src: str, quant: QuantConfig | None, targets: tuple[Target,
     path = resolve_path(src)
     tokenizer, tok_info = hf_tokenizer(path)
     build = OptimumBuild(path)
-    static = _static_graphs(build, targets, tokenizer, quant, static_length)
+    calib = static_calib or (quant.calibration.file if quant is not None else None)
+    static = _static_graphs(build, targets, tokenizer, Path(calib) if calib else None, static_length)
     if quant is not None:
         build.quantize(quant, tokenizer)
     built = BuiltGraph(build.finish(), build.recipe, build.custom_ops, build.contract, "optimum",
@@ -172,7 +178,7 @@ def _prepare_optimum(src: str, quant: QuantConfig | None, targets: tuple[Target,
     return PackageContents(build, built, tokenizer, tok_info, src, targets)
 
 
-def _static_graphs(build: Any, targets: tuple[Target, ...], tokenizer: Tokenizer, quant: QuantConfig | None,
+def _static_graphs(build: Any, targets: tuple[Target, ...], tokenizer: Tokenizer, calib: Path | None,
                    length: int | None) -> dict[str, StaticGraph]:
     """Static-shape targets' graphs, made from the build's float graph (exporters.qnn_graph), by target name."""
     static = [t for t in targets if t.static_shapes]
@@ -183,7 +189,7 @@ def _static_graphs(build: Any, targets: tuple[Target, ...], tokenizer: Tokenizer
     from edgekit.exporters.qnn_graph import qnn_encoder_graph, static_length
 
     checked = static_length(build, length)
-    return {t.name: qnn_encoder_graph(build, t, tokenizer, quant, checked) for t in static}
+    return {t.name: qnn_encoder_graph(build, t, tokenizer, calib, checked) for t in static}
 
 
 def _needs_encoder(name: str, src: str | Path) -> EdgekitError:
@@ -309,8 +315,11 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
     if draft is not None and static:
         raise EdgekitError(f"--draft needs dynamic shapes (speculative passes of varying length): not with "
                            f"--target {static[0]}")
+    # --calib that nothing else reads calibrates the static-shape graphs (prepare() refuses it where none takes it)
+    calib_used = prune is not None or draft == "auto" or (quant is not None and quant.data_aware)
     options = {"targets": targets, "builder": builder, "static_length": static_length, "static_chunk": static_chunk,
-               "static_context": static_context}  # prepare()'s, for the source or its pruned folder
+               "static_context": static_context, "static_calib": None if calib_used or not static else calib}
+    # (prepare()'s options, for the source or its pruned folder)
     drafting = DraftOptions(draft, draft_layers, DEFAULT_DRAFT_STEPS if draft_steps is None else draft_steps, calib)
     if prune is None:
         return _export(src, src, out, drafting, quant, options, fast_exact)

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from edgekit.exporters.optimum_build import OptimumBuild, calibration_sentences
 from edgekit.exporters.pooling_graph import append_pooling
-from edgekit.exporters.quantize.spec import QuantConfig
+from edgekit.exporters.quantize.spec import CalibrationConfig
 from edgekit.exporters.static_graph import StaticGraph
 from edgekit.runtime.encoder import FED_INPUTS, pad_token_id
 from onnx import numpy_helper
@@ -59,12 +59,12 @@ def static_length(build: OptimumBuild, length: int | None) -> int:
     return length
 
 
-def qnn_encoder_graph(build: OptimumBuild, target: Target, tokenizer: Tokenizer, quant: QuantConfig | None,
+def qnn_encoder_graph(build: OptimumBuild, target: Target, tokenizer: Tokenizer, calib: Path | None,
                       length: int) -> StaticGraph:
     """The encoder's float graph, inputs [1, `length`] int64, output `sentence_embedding` [1, dim], QDQ-quantized
-    with ranges from CALIBRATION_SENTENCES sentences (--calib's file, else held-out text)."""
+    with ranges from CALIBRATION_SENTENCES sentences (of `calib`, --calib's file, else held-out text)."""
     assert build.sentence is not None
-    rows, said = calibration_sentences(quant or QuantConfig(None), tokenizer, build.path, length)
+    rows, said = calibration_sentences(CalibrationConfig(file=calib), tokenizer, build.path, length)
     rows = rows[:CALIBRATION_SENTENCES]
     model = _static_float(build, length)
     inputs = [i.name for i in model.graph.input]

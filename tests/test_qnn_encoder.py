@@ -73,6 +73,33 @@ def test_manifest_records_the_qnn_target(qnn_pkg: Path) -> None:
     assert [(i.name, i.shape) for i in session.get_inputs()] == [(name, [1, 32]) for name in manifest["graph"]["inputs"]]
 
 
+def test_calib_alone_calibrates_the_qnn_graph(qnn_pkg: Path, tiny_encoder_src: Path, tmp_path: Path) -> None:
+    """--calib without a quantization method sets the QDQ graph's ranges: its sentences, not the held-out text."""
+    from onnx import load, numpy_helper
+
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(f"Sentence number {i} talks about {w} and other things, at length." for i, w in
+                               enumerate(["rivers", "trains", "music", "bread", "stars", "chess"] * 10)))
+    out = tmp_path / "pkg"
+    result = CliRunner().invoke(main, ["export", str(tiny_encoder_src), "-o", str(out), "--target", "cpu", "--target",
+                                       "qnn", "--static-length", "32", "--calib", str(calib)])
+    assert result.exit_code == 0, result.output
+    entry = json.loads((out / "manifest.json").read_text())["graph"]["targets"]["qnn"]
+    assert entry["calibration"] == "calib.txt, 60 sentences"
+
+    def activation_scales(pkg: Path) -> dict[str, np.ndarray]:
+        """Each quantized activation's scale, by tensor name."""
+        graph = load(str(pkg / "model.qnn.onnx")).graph
+        values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        return {n.input[0]: values[n.input[1]] for n in graph.node if n.op_type == "QuantizeLinear"}
+
+    mine, held_out = activation_scales(out), activation_scales(qnn_pkg)
+    assert mine.keys() == held_out.keys()
+    assert any(not np.array_equal(mine[k], held_out[k]) for k in mine)
+    on_cpu = Encoder(out, target="qnn").embed(TEXTS)
+    assert cosines(on_cpu, Encoder(out).embed(TEXTS)).min() >= 0.99
+
+
 def test_runs_wholly_on_the_htp_simulator_close_to_float(qnn_pkg: Path, qnn_plugin: None,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     float_cpu = Encoder(qnn_pkg).embed(TEXTS)

@@ -157,6 +157,7 @@ def test_no_static_graph_is_one_error(tiny_gguf_pkg: Path) -> None:
     (["--target", "qnn", "--static-chunk", "0"], "must be at least 1"),
     (["--target", "qnn", "--draft", "auto"], "--draft needs dynamic shapes"),
     (["--static-chunk", "8"], "are for static-shape targets (--target qnn)"),
+    (["--target", "qnn", "--calib", "text.txt"], "a decoder's static graph has float activations, nothing to calibrate"),
 ])
 def test_bad_static_options_are_one_line(tmp_path: Path, tiny_gguf_file: Path, args: list[str], message: str) -> None:
     out = tmp_path / "pkg"
