@@ -18,6 +18,7 @@ fusions), which is what runs, not of the file's nodes.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
+from edgekit.runtime.coverage_cache import cached_line
 from edgekit.runtime.loader import graph_path, load_manifest
 from edgekit.runtime.providers import (
     PLUGINS,
@@ -201,8 +203,10 @@ def _tally(provider: str, on: list[Node], off: list[Node]) -> Coverage:
 
 
 def report_coverage(graph: str | Path, provider: str) -> None:
-    """After loading a graph on an NPU provider, say on stderr how much of it runs there. It costs a second
-    session over the graph: the loaded one must stay quiet, and onnxruntime's log level is fixed per session."""
+    """After loading a graph on an NPU provider, say on stderr how much of it runs there. Measuring it costs a
+    second session over the graph, once per graph and installation (runtime.coverage_cache)."""
     plugin = PLUGINS.get(provider)
     if plugin is not None and plugin.reports_coverage:
-        print(f"edgekit: {coverage(graph, provider).summary()}", file=sys.stderr)
+        options = plugin.options(importlib.import_module(plugin.module))
+        line = cached_line(Path(graph), provider, options, plugin.extra, lambda: coverage(graph, provider).summary())
+        print(f"edgekit: {line}", file=sys.stderr)

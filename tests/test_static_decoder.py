@@ -12,6 +12,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from edgekit.runtime import Model
+from edgekit.runtime.coverage import coverage
 from factories import tiny_hf_model
 
 from edgekit.cli import main
@@ -176,15 +177,23 @@ def test_default_shapes_fit_the_model(tmp_path: Path, tiny_gguf_file: Path) -> N
     assert static_shapes(config, None, 32).to_dict() == {"chunk": 32, "context": 32}
 
 
-def test_runs_wholly_on_the_qnn_htp_simulator(static_pkg: Path, models: tuple[Model, Model],
-                                              capfd: pytest.CaptureFixture) -> None:
+def test_runs_wholly_on_the_qnn_htp_simulator(static_pkg: Path, models: tuple[Model, Model], tmp_path: Path,
+                                              capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """`device="qnn"` runs the static graphs (chunk and step) on QNN's HTP simulator (onnxruntime-qnn, x86 Linux;
-    float16): every node on the NPU, the same greedy tokens as the static graphs on the CPU."""
+    float16): every node on the NPU, the same greedy tokens as the static graphs on the CPU. The coverage lines
+    cost a measuring session per graph on the first load only."""
     pytest.importorskip("onnxruntime_qnn")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    measured = []
+    monkeypatch.setattr("edgekit.runtime.coverage.coverage", lambda *args: measured.append(args) or coverage(*args))
     npu = Model(static_pkg, device="qnn")
     assert npu.provider == "QNNExecutionProvider"
     placed = re.findall(r"QNN \(HTP\): (\d+) of (\d+) nodes on the NPU", capfd.readouterr().err)
     assert len(placed) == 2 and all(on == total for on, total in placed), placed  # the chunk and step graphs
+    assert len(measured) == 2
+    Model(static_pkg, device="qnn")  # a second load reads the coverage lines from the user's cache
+    assert re.findall(r"QNN \(HTP\): (\d+) of (\d+) nodes on the NPU", capfd.readouterr().err) == placed
+    assert len(measured) == 2
     ids = models[1].encode(PROMPTS[2])  # several chunks
     assert list(npu.generate_ids(ids, max_new_tokens=8)) == list(models[1].generate_ids(ids, max_new_tokens=8))
 
