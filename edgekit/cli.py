@@ -519,7 +519,8 @@ def bench(pkg: str, prompt_lengths: str, new_tokens: int, rounds: int, device: s
 def inspect(pkg: str, ep: str | None, require_full: bool, as_json: bool) -> None:
     """Summarize PKG from its manifest alone (source, architecture, recipe, formats per layer, files, graph,
     targets, tokenizer, draft); loads no graph. With --ep: the graph's coverage on that provider, read from
-    onnxruntime's own partitioning (the graph lowered for it, else the portable graph)."""
+    onnxruntime's own partitioning (the graph lowered for it, and a static target's step graph, else the
+    portable graph)."""
     if ep is None:
         if require_full:
             raise EdgekitError("--require-full needs --ep (the execution provider that must run every node)")
@@ -530,12 +531,13 @@ def inspect(pkg: str, ep: str | None, require_full: bool, as_json: bool) -> None
         return
     from edgekit.runtime.coverage import package_coverage
 
-    graph, coverage = package_coverage(pkg, ep)
+    (graph, coverage), *others = package_coverage(pkg, ep)
     if as_json:
-        click.echo(json.dumps({"package": pkg, "graph": graph.name, **coverage.to_dict()}, indent=2))
+        more = {"other_graphs": [{"graph": g.name, **c.to_dict()} for g, c in others]} if others else {}
+        click.echo(json.dumps({"package": pkg, "graph": graph.name, **coverage.to_dict(), **more}, indent=2))
     else:
-        click.echo(f"graph: {graph.name}\n{coverage.table()}")
-    if require_full and not coverage.full:
+        click.echo("\n\n".join(f"graph: {g.name}\n{c.table()}" for g, c in [(graph, coverage), *others]))
+    if require_full and not all(c.full for _, c in [(graph, coverage), *others]):
         sys.exit(1)
 
 

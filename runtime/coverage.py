@@ -43,6 +43,8 @@ from edgekit.runtime.providers import (
 )
 
 from edgekit.errors import EdgekitError, first_line
+from edgekit.package import package_file
+from edgekit.targets import target_for_provider
 
 SUMMARY_OPS = 5  # fallback op types named in the one-line summary
 _VERDICT = re.compile(r"Validation (PASSED|FAILED) for \d+ nodes in OrtNodeUnit")
@@ -116,15 +118,20 @@ def from_log(provider: str, log: str) -> Coverage:
     return _from_placements(provider, log)
 
 
-def package_coverage(folder: str | Path, device: str) -> tuple[Path, Coverage]:
-    """The coverage on `device` (cpu, cuda, qnn, openvino) of the package's graph for it: the graph lowered for
-    its provider when the package has one, else the portable graph. Returns the graph file and its coverage."""
+def package_coverage(folder: str | Path, device: str) -> list[tuple[Path, Coverage]]:
+    """The coverage on `device` (cpu, cuda, qnn, openvino) of the package's graphs for it: the graph lowered for
+    its provider when the package has one (and a static target's step graph), else the portable graph. Returns
+    each graph file with its coverage, the main graph first."""
     if device not in PROVIDER_NAMES:
         raise EdgekitError(f"unknown execution provider {device!r} (choose from {', '.join(PROVIDER_NAMES)})")
     provider = PROVIDER_NAMES[device]
     _require(provider)  # before graph_path, which may say on stderr that the portable graph stands in
-    graph = graph_path(folder, load_manifest(folder, verify=False), provider)
-    return graph, coverage(graph, provider)
+    manifest = load_manifest(folder, verify=False)
+    graphs = [graph_path(folder, manifest, provider)]
+    step = manifest.data["graph"].get("targets", {}).get(target_for_provider(provider).name, {}).get("step_file")
+    if step:
+        graphs.append(package_file(folder, manifest, step))
+    return [(graph, coverage(graph, provider)) for graph in graphs]
 
 
 def session_log(graph: Path, provider: str) -> str:

@@ -198,6 +198,19 @@ def test_runs_wholly_on_the_qnn_htp_simulator(static_pkg: Path, models: tuple[Mo
     assert list(npu.generate_ids(ids, max_new_tokens=8)) == list(models[1].generate_ids(ids, max_new_tokens=8))
 
 
+def test_inspect_reports_both_static_graphs(static_pkg: Path) -> None:
+    """`inspect --ep qnn` measures the chunk graph and the step graph; --require-full holds for both."""
+    pytest.importorskip("onnxruntime_qnn")
+    result = CliRunner().invoke(main, ["inspect", str(static_pkg), "--ep", "qnn", "--json", "--require-full"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["graph"] == "model.qnn.onnx" and report["full"]
+    assert [(g["graph"], g["full"]) for g in report["other_graphs"]] == [("model.qnn-step.onnx", True)]
+    assert report["other_graphs"][0]["nodes"] == report["nodes"]  # the same graph at another chunk length
+    text = CliRunner().invoke(main, ["inspect", str(static_pkg), "--ep", "qnn"]).output
+    assert "graph: model.qnn.onnx" in text and "graph: model.qnn-step.onnx" in text
+
+
 @pytest.mark.parametrize(("arch", "chunk", "context"), [("qwen2", 8, 64), ("qwen3", 8, 64), ("gemma3_text", 4, 8)])
 def test_other_architectures(tmp_path: Path, arch: str, chunk: int, context: int) -> None:
     """Biases, QK-norm, Gemma's scaled embedding, post-norms and soft-capping: the same primitives, static.
