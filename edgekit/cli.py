@@ -155,18 +155,22 @@ def export(src: str, out: str, draft: str | None, draft_layers: int | None, draf
               help="How heads, groups and channels are scored: activations (forward only) or gradients "
                    "[activation].")
 @click.option("--calib", default=None, help="Calibration text file [the model writes its own].")
+@click.option("--calib-prompts", type=click.Choice(["knowledge", "neutral"]), default="knowledge",
+              help="Without --calib: what the model's own calibration text continues, encyclopedic prompts "
+                   "(keeps more facts) or neutral ones (lower KL on general text) [knowledge].")
 @click.option("--recover-steps", type=click.IntRange(0), default=0,
               help="Steps of distillation from the unpruned model on the calibration text [0].")
 @_one_line_errors
 def prune(src: str, out: str, ratio: float | None, plan: str | None, depth: float | None,
-          attention_share: float | None, importance: str | None, calib: str | None, recover_steps: int) -> None:
+          attention_share: float | None, importance: str | None, calib: str | None, calib_prompts: str,
+          recover_steps: int) -> None:
     """Remove attention heads, key/value groups, MLP channels and layers of SRC by measured importance; write a
     smaller Hugging Face folder OUT (export it with `edgekit export OUT`)."""
     from edgekit.exporters.prune import prune as run_prune
     from edgekit.exporters.prune import request_from_options
 
     request = request_from_options(ratio, plan, depth, importance, attention_share)
-    result = run_prune(src, out, request, calib, recover_steps)
+    result = run_prune(src, out, request, calib, recover_steps, calib_prompts=calib_prompts)
     click.echo(f"wrote {out}: {result.describe()}")
 
 

@@ -73,6 +73,18 @@ FACTS: tuple[tuple[str, str], ...] = (
     ("The freezing point of water in Fahrenheit is 32", "degrees"),
 )
 
+# What each fact is about, one or more words per fact (a test checks every prompt names one): calibration text
+# that must not teach the check (exporters.prune.knowledge) is cut before any of these or any answer.
+SUBJECTS: tuple[str, ...] = (
+    "France", "Germany", "Italy", "Spain", "Japan", "Russia", "England", "Egypt", "Greece", "Portugal", "Austria",
+    "Ireland", "Norway", "Sweden", "Poland", "China", "Korea", "Thailand", "Kenya", "Argentina", "Peru", "Cuba",
+    "Canada", "Australia", "Turkey", "Iran", "Hungary", "Finland", "Denmark", "Belgium", "gold", "silver", "iron",
+    "sodium", "potassium", "oxygen", "hydrogen", "carbon", "helium", "copper", "largest planet", "closest to the Sun",
+    "Red Planet", "largest ocean", "river in Africa", "Romeo", "Juliet", "freezes", "first President",
+    "United Kingdom", "Mona Lisa", "relativity", "tallest mountain", "Great Wall", "Eiffel Tower", "Brazil",
+    "hardest natural", "days in a week", "plants absorb", "freezing point",
+)
+
 MAX_NEW_TOKENS = 6  # enough for any answer's first word after a leading article
 
 

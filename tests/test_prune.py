@@ -210,3 +210,28 @@ def test_pruned_static_graph_for_the_npu(tmp_path: Path, pruned: Path) -> None:
     ids = list(range(5, 60))
     dynamic, static = Model(tmp_path / "pkg"), Model(tmp_path / "pkg", target="qnn")
     np.testing.assert_allclose(static.logits(ids), dynamic.logits(ids), atol=1e-4)
+
+
+def test_knowledge_calibration_never_states_an_evaluated_fact() -> None:
+    """The default calibration text (exporters.prune.knowledge) must not teach the factual check: every fact's
+    prompt names a subject the cut looks for, no knowledge prompt names one, and text is cut at the first one
+    (whole words: the pronoun "He" is not helium's symbol)."""
+    import re
+
+    from edgekit.exporters.prune.knowledge import cut, evaluation_words, prompts
+
+    from edgekit.factcheck import FACTS, SUBJECTS
+
+    subject = re.compile(r"\b(" + "|".join(map(re.escape, SUBJECTS)) + r")\b", re.IGNORECASE)
+    assert [p for p, _ in FACTS if not subject.search(p)] == []
+    banned = evaluation_words()
+    assert len(prompts()) > 500 and [p for p in prompts() if banned.search(p)] == []
+    assert cut("Bogota is high. Unlike Lisbon, it is cold", banned) == "Bogota is high. Unlike"
+    assert cut("Zinc is Zn. He named it; parisian cafes", banned) == "Zinc is Zn. He named it; parisian cafes"
+    assert cut("water freezes", banned) == "water"
+
+
+def test_neutral_calibration_prompts(tmp_path: Path, src: Path) -> None:
+    out = _cli("prune", str(src), "-o", str(tmp_path / "out"), "--ratio", "0.02", "--calib-prompts", "neutral")
+    record = json.loads((tmp_path / "out" / "config.json").read_text())["edgekit_pruning"]
+    assert record["calibration"].startswith("self-generated from neutral prompts") and "wrote" in out

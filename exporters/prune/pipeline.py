@@ -18,10 +18,11 @@ import numpy as np
 from edgekit.exporters.distill import distill, mean_kl
 from edgekit.exporters.hf_folder import copy_tokenizer_files, write_tokenizer_files
 from edgekit.exporters.prune.importance import Importance, measure
+from edgekit.exporters.prune.knowledge import knowledge_windows
 from edgekit.exporters.prune.request import PruneRequest
 from edgekit.exporters.prune.selection import layer_dims, select
 from edgekit.exporters.prune.surgery import apply_keep, save_pruned
-from edgekit.exporters.quantize.calibration import calibration_windows
+from edgekit.exporters.quantize.calibration import file_windows, self_generated_windows
 from edgekit.exporters.quantize.spec import CalibrationConfig
 from edgekit.exporters.sources import open_source, source_tokenizer
 
@@ -35,6 +36,11 @@ RECOVERY_BATCH = 2
 # More text than GPTQ takes: recovery trains on it. Its last windows are held out to measure recovery.
 CALIBRATION = CalibrationConfig(n_prompts=32, new_tokens=256)
 HELD_OUT = 4
+# Prompts the model continues for its calibration text when no file is given: encyclopedic ones (knowledge.py;
+# SmolLM2-135M at 25% fewer parameters keeps 45% of the factual check instead of 3%, 43% instead of 8% after 150
+# recovery steps) or the neutral ones quantization uses (lower KL on general text without recovery: 1.29
+# against 1.39 nats/token; after 150 steps 1.09 against 1.11).
+CALIB_PROMPTS = ("knowledge", "neutral")
 
 
 @dataclass
@@ -62,10 +68,11 @@ def numel(module: Any) -> int:
 
 
 def prune(src: str, out: str | Path, request: PruneRequest, calib: str | None = None,
-          recover_steps: int = 0, recover_lr: float = RECOVERY_LR) -> PruneResult:
+          recover_steps: int = 0, recover_lr: float = RECOVERY_LR, calib_prompts: str = "knowledge") -> PruneResult:
     """SRC (GGUF file, Hugging Face folder or built-in name) pruned as `request` says, optionally recovered by
     `recover_steps` steps of distillation at `recover_lr`, written as a Hugging Face folder `out`
-    (exporters.prune.surgery)."""
+    (exporters.prune.surgery). Calibration text: the file `calib`, else the model's own continuations of
+    `calib_prompts` (CALIB_PROMPTS)."""
     import torch
     from edgekit.exporters.quantize.tune import float_teacher
     from edgekit.exporters.reference import TorchReference
@@ -75,15 +82,20 @@ def prune(src: str, out: str | Path, request: PruneRequest, calib: str | None = 
         raise EdgekitError("output already exists (remove it or choose another -o)", out)
     if recover_steps < 0:
         raise EdgekitError(f"--recover-steps is {recover_steps}, expected 0 or more")
+    if calib_prompts not in CALIB_PROMPTS:
+        raise EdgekitError(f"--calib-prompts is {calib_prompts!r}, expected one of {', '.join(CALIB_PROMPTS)}")
     source = open_source(src)
     tokenizer, tok_info = source_tokenizer(source)
     model = TorchReference(src, "cpu").model
     layers = list(model.model.layers)
     total, layer_params, dims = numel(model), [numel(layer) for layer in layers], layer_dims(model)
     select(Importance.zeros(dims), dims, layer_params, total, request)  # bad requests fail before the slow part
-    cfg = CalibrationConfig(file=Path(calib) if calib else None, n_prompts=CALIBRATION.n_prompts,
-                            new_tokens=CALIBRATION.new_tokens)
-    windows = calibration_windows(model, tokenizer, cfg)
+    if calib:
+        windows = file_windows(calib, tokenizer, CALIBRATION)
+    elif calib_prompts == "knowledge":
+        windows = knowledge_windows(model, tokenizer)
+    else:
+        windows = self_generated_windows(model, tokenizer, CALIBRATION)
     held = min(HELD_OUT, len(windows) // 4)
     train, held_out = windows[: len(windows) - held], windows[len(windows) - held:]
     importance = measure(model, train, request.importance, with_layers=request.depth > 0)
@@ -92,7 +104,8 @@ def prune(src: str, out: str | Path, request: PruneRequest, calib: str | None = 
     apply_keep(model, keep, importance.inputs)
     record: dict[str, Any] = {
         "request": request.describe(), "importance": importance.describe(), "method": request.importance,
-        "calibration": f"{Path(calib).name}" if calib else f"self-generated, {windows.size} tokens",
+        "calibration": f"{Path(calib).name}" if calib else f"self-generated from {calib_prompts} prompts, "
+                                                            f"{windows.size} tokens",
         "shape_before": {"layers": len(dims), "heads": sum(d.heads for d in dims),
                          "channels": sum(d.width for d in dims)},
         "layers": [k.record() for k in keep if k is not None],

@@ -42,9 +42,14 @@ def file_windows(path: str, tokenizer: Tokenizer, cfg: CalibrationConfig) -> np.
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise EdgekitError(f"cannot read the calibration file ({exc})", path) from exc
+    return text_windows(text, tokenizer, cfg, path, "calibration file")
+
+
+def text_windows(text: str, tokenizer: Tokenizer, cfg: CalibrationConfig, where: str, what: str) -> np.ndarray:
+    """`text`'s tokens as int64 [n, L] windows (L = seq_len, or all tokens when fewer; at most max_tokens)."""
     ids = tokenizer.encode(text, add_special_tokens=False).ids[: cfg.max_tokens]
     if len(ids) < cfg.min_tokens:
-        raise EdgekitError(f"calibration file too short: {len(ids)} tokens, need at least {cfg.min_tokens}", path)
+        raise EdgekitError(f"{what} too short: {len(ids)} tokens, need at least {cfg.min_tokens}", where)
     length = min(cfg.seq_len, len(ids))
     n = len(ids) // length
     return np.asarray(ids[: n * length], np.int64).reshape(n, length)
@@ -73,18 +78,26 @@ def self_generated_windows(model: object, tokenizer: Tokenizer, cfg: Calibration
     prompts = [NEUTRAL_PROMPTS[i % len(NEUTRAL_PROMPTS)] for i in range(cfg.n_prompts)]
     encoded = [tokenizer.encode(p, add_special_tokens=False).ids for p in prompts]
     length = min(len(e) for e in encoded)
-    ids = torch.tensor([e[:length] for e in encoded])
+    return sampled(model, tokenizer, torch.tensor([e[:length] for e in encoded]), cfg.new_tokens,
+                   generator).numpy().astype(np.int64)
+
+
+def sampled(model: object, tokenizer: Tokenizer, ids: object, new_tokens: int, generator: object) -> object:
+    """Token ids [B, L] continued by `new_tokens` tokens each, sampled in one batch (temperature 0.8, top-p 0.95;
+    special tokens banned, so no text ends early): [B, L + new_tokens]."""
+    import torch
+
     banned = [i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special]
     tokens = [ids]
     with torch.no_grad():
         out = model(ids, use_cache=True)  # type: ignore[operator]
-        for _ in progress(range(cfg.new_tokens), "calibration text"):
+        for _ in progress(range(new_tokens), "calibration text"):
             logits = out.logits[:, -1].float()
             logits[:, banned] = -float("inf")
             nxt = _sample_top_p(logits, 0.8, 0.95, generator)
             tokens.append(nxt)
             out = model(nxt, past_key_values=out.past_key_values, use_cache=True)  # type: ignore[operator]
-    return torch.cat(tokens, dim=1).numpy().astype(np.int64)
+    return torch.cat(tokens, dim=1)
 
 
 def calibration_windows(model: object, tokenizer: Tokenizer, cfg: CalibrationConfig) -> np.ndarray:
