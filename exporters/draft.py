@@ -135,7 +135,10 @@ def auto_draft(main: PackageContents, src: str, name: str, layers: int | None, s
                               f"{name} (auto draft: {len(keep)} of {n} layers, untrained)", main.targets)
         return
     with tempfile.TemporaryDirectory(prefix=".draft-") as tmp:
-        folder = prune(src, Path(tmp) / "draft", draft_request(n, keep), calib, steps, DRAFT_LR).folder
+        # A draft predicts the target's next tokens on any text, so it distils on the neutral prompts' text, not on
+        # the encyclopedic text pruning keeps facts with.
+        folder = prune(src, Path(tmp) / "draft", draft_request(n, keep), calib, steps, DRAFT_LR,
+                       calib_prompts="neutral").folder
         contents = prepare(str(folder), quant_config_from_options(DRAFT_WEIGHTS),
                            targets=tuple(t.name for t in main.targets))
         check_same_tokenizer(main.tokenizer, contents.tokenizer, "--draft auto")
