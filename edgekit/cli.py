@@ -18,6 +18,14 @@ DEVICES = click.Choice(["cpu", "cuda", "qnn", "openvino", "auto"])
 EXECUTION_PROVIDERS = click.Choice(["cpu", "cuda", "qnn", "openvino"])
 
 
+def _calib_prompts_option(default: str | None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Pruning's --calib-prompts (`edgekit prune`, `edgekit export --prune`)."""
+    return click.option("--calib-prompts", type=click.Choice(["knowledge", "neutral"]), default=default,
+                        help="Pruning without --calib: what the model's own calibration text continues, "
+                             "encyclopedic prompts (keeps more facts) or neutral ones (lower KL on general text) "
+                             "[knowledge].")
+
+
 class Interrupted(BaseException):
     """SIGTERM, raised where the process is, so cleanup (an export's temporary folder) runs as for Ctrl-C."""
 
@@ -113,13 +121,14 @@ def main() -> None:
               help="Prune first: a ratio of parameters to remove (0.25) or a pruning plan YAML (see `edgekit prune`).")
 @click.option("--recover-steps", type=click.IntRange(0), default=0,
               help="With --prune: steps of distillation from the unpruned model [0].")
+@_calib_prompts_option(None)
 @_one_line_errors
 def export(src: str, out: str, draft: str | None, draft_layers: int | None, draft_steps: int | None,
            weights: str | None, group_size: int | None, symmetric: bool,
            method: str | None, calib: str | None, act_order: bool | None, plan: str | None,
            target_bpw: float | None, targets: tuple[str, ...], static_length: int | None, static_chunk: int | None,
            static_context: int | None, builder: str, tune_steps: int, prune_spec: str | None,
-           recover_steps: int) -> None:
+           recover_steps: int, calib_prompts: str | None) -> None:
     """Export SRC (a GGUF file, a Hugging Face folder, or `smollm2-135m`) to the package folder OUT."""
     from edgekit.exporters.pipeline import describe
     from edgekit.exporters.pipeline import export as run_export
@@ -130,12 +139,14 @@ def export(src: str, out: str, draft: str | None, draft_layers: int | None, draf
     quant = quant_config_from_options(weights, group_size, symmetric, method, calib, act_order, plan, target_bpw,
                                       tune_steps, calib_elsewhere=prune_spec is not None or draft == "auto"
                                       or any(target(t).static_shapes for t in targets))
-    if recover_steps and prune_spec is None:
-        raise EdgekitError("--recover-steps recovers a pruned model: give --prune too")
+    if (recover_steps or calib_prompts) and prune_spec is None:
+        raise EdgekitError(f"{'--recover-steps' if recover_steps else '--calib-prompts'} is for a pruned model: "
+                           "give --prune too")
     prune = request_from_spec(prune_spec) if prune_spec is not None else None
     manifest = run_export(src, out, draft=draft, quant=quant, targets=targets, builder=builder,
                           static_length=static_length, static_chunk=static_chunk, static_context=static_context,
-                          prune=prune, recover_steps=recover_steps, calib=calib, draft_layers=draft_layers,
+                          prune=prune, recover_steps=recover_steps, calib=calib,
+                          calib_prompts=calib_prompts or "knowledge", draft_layers=draft_layers,
                           draft_steps=draft_steps)
     click.echo(f"wrote {out}: {describe(manifest)}")
 
@@ -155,9 +166,7 @@ def export(src: str, out: str, draft: str | None, draft_layers: int | None, draf
               help="How heads, groups and channels are scored: activations (forward only) or gradients "
                    "[activation].")
 @click.option("--calib", default=None, help="Calibration text file [the model writes its own].")
-@click.option("--calib-prompts", type=click.Choice(["knowledge", "neutral"]), default="knowledge",
-              help="Without --calib: what the model's own calibration text continues, encyclopedic prompts "
-                   "(keeps more facts) or neutral ones (lower KL on general text) [knowledge].")
+@_calib_prompts_option("knowledge")
 @click.option("--recover-steps", type=click.IntRange(0), default=0,
               help="Steps of distillation from the unpruned model on the calibration text [0].")
 @_one_line_errors

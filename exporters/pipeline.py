@@ -286,7 +286,7 @@ def write_package(main: PackageContents, out: Path, draft: PackageContents | Non
 def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConfig | None = None,
            targets: tuple[str, ...] = DEFAULT_TARGETS, builder: str = "auto", static_length: int | None = None,
            static_chunk: int | None = None, static_context: int | None = None, prune: PruneRequest | None = None,
-           recover_steps: int = 0, calib: str | None = None, fast_exact: bool = True,
+           recover_steps: int = 0, calib: str | None = None, calib_prompts: str = "knowledge", fast_exact: bool = True,
            draft_layers: int | None = None, draft_steps: int | None = None) -> Manifest:
     """SRC (GGUF file, HF folder or built-in name) -> edgekit package folder `out`.
 
@@ -301,7 +301,8 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
     `builder`: how the graph is made (prepare()); `static_length`, `static_chunk`, `static_context`: static-shape
     targets' shapes (prepare()).
 
-    `prune`: prune SRC first (exporters.prune; `recover_steps` of distillation, calibration text `calib`), into a
+    `prune`: prune SRC first (exporters.prune; `recover_steps` of distillation, calibration text `calib`, else the
+    model's own continuations of `calib_prompts`), into a
     temporary Hugging Face folder the package is then exported from (quantized as `quant` says).
 
     `fast_exact`: the fast graph keeps the projections a data-aware export measured as sensitive at exact
@@ -329,7 +330,7 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
 
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{Path(out).name}.pruned-", dir=Path(out).parent) as tmp:
-        pruned = prune_model(src, Path(tmp) / "pruned", prune, calib, recover_steps)
+        pruned = prune_model(src, Path(tmp) / "pruned", prune, calib, recover_steps, calib_prompts=calib_prompts)
         return _export(str(pruned.folder), f"{src} (pruned: {prune.describe()})", out, drafting, quant, options,
                        fast_exact)
 

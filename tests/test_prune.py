@@ -188,6 +188,8 @@ def test_bad_plan(tmp_path: Path, src: Path, plan: str, expected: str) -> None:
 
 def test_recover_steps_needs_prune(tmp_path: Path, src: Path) -> None:
     _fails(["export", str(src), "-o", str(tmp_path / "pkg"), "--recover-steps", "5"], "give --prune too")
+    _fails(["export", str(src), "-o", str(tmp_path / "pkg"), "--calib-prompts", "neutral"],
+           "--calib-prompts is for a pruned model: give --prune too")
 
 
 def test_pruned_package_runs_without_torch(tmp_path: Path, pruned: Path) -> None:
@@ -235,3 +237,6 @@ def test_neutral_calibration_prompts(tmp_path: Path, src: Path) -> None:
     out = _cli("prune", str(src), "-o", str(tmp_path / "out"), "--ratio", "0.02", "--calib-prompts", "neutral")
     record = json.loads((tmp_path / "out" / "config.json").read_text())["edgekit_pruning"]
     assert record["calibration"].startswith("self-generated from neutral prompts") and "wrote" in out
+    _cli("export", str(src), "-o", str(tmp_path / "pkg"), "--prune", "0.02", "--calib-prompts", "neutral")
+    pruning = read_manifest(tmp_path / "pkg").data["recipe"]["pruning"]
+    assert pruning["calibration"].startswith("self-generated from neutral prompts")
