@@ -318,9 +318,9 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
                            f"--target {static[0]}")
     # --calib that nothing else reads calibrates the static-shape graphs (prepare() refuses it where none takes it)
     calib_used = prune is not None or draft == "auto" or (quant is not None and quant.data_aware)
+    # prepare()'s options, for the source or its pruned folder
     options = {"targets": targets, "builder": builder, "static_length": static_length, "static_chunk": static_chunk,
                "static_context": static_context, "static_calib": None if calib_used or not static else calib}
-    # (prepare()'s options, for the source or its pruned folder)
     drafting = DraftOptions(draft, draft_layers, DEFAULT_DRAFT_STEPS if draft_steps is None else draft_steps, calib)
     if prune is None:
         return _export(src, src, out, drafting, quant, options, fast_exact)
