@@ -24,9 +24,11 @@ def kl_loss(teacher_logits: Any, student_logits: Any) -> Any:
 
 
 def distill(teacher: Any, forward: Callable[[Any], Any], params: list[Any], windows: np.ndarray, steps: int,
-            lr: float, label: str, batch: int = 2, seed: int = 0, weight_decay: float = 0.0) -> None:
+            lr: float, label: str, batch: int = 2, seed: int = 0, weight_decay: float = 0.0,
+            max_grad_norm: float | None = None) -> None:
     """`steps` steps of Adam(W) on `params`, each on `batch` windows drawn from int64 `windows` [n, L]; `forward`
-    maps a batch of ids to the student's logits. The teacher runs on the device of the ids (the caller moves both)."""
+    maps a batch of ids to the student's logits. The teacher runs on the device of the ids (the caller moves both).
+    With `max_grad_norm`, each step's gradient is clipped to that global norm first."""
     import torch
 
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -41,6 +43,8 @@ def distill(teacher: Any, forward: Callable[[Any], Any], params: list[Any], wind
         loss = kl_loss(target, forward(chosen))
         optimizer.zero_grad()
         loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()
         schedule.step()
 

@@ -32,6 +32,10 @@ from edgekit.errors import EdgekitError
 # layers it feeds are what pruning changed). The rate is measured on SmolLM2-135M at 25% fewer parameters,
 # 100 steps: KL to the unpruned model on held-out text 1.41 -> 1.01 at 3e-4 (at 1e-4, 60 steps went less far).
 RECOVERY_LR = 3e-4
+# Each step's gradient is clipped to this global norm (transformers' Trainer default). Unclipped, a 600-step run at
+# 3e-4 diverged between steps 200 and 300 (factual check 47% -> 3%, KL on general text 1.19 -> 1.46); a clipped
+# 400-step run did not (benchmarks/results/pruning-experiments.md).
+RECOVERY_MAX_GRAD_NORM = 1.0
 RECOVERY_BATCH = 2
 # More text than GPTQ takes: recovery trains on it. Its last windows are held out to measure recovery.
 CALIBRATION = CalibrationConfig(n_prompts=32, new_tokens=256)
@@ -128,9 +132,9 @@ def recover(teacher: Any, student: Any, train: np.ndarray, held_out: np.ndarray,
     params = [p for name, p in student.named_parameters() if "embed_tokens" not in name and "lm_head" not in name]
     student.train()
     distill(teacher, lambda batch: student(batch).logits, params, train, steps, lr, "recovery",
-            batch=RECOVERY_BATCH)
+            batch=RECOVERY_BATCH, max_grad_norm=RECOVERY_MAX_GRAD_NORM)
     student.eval()
-    return {"steps": steps, "learning_rate": lr, "kl_before": before,
+    return {"steps": steps, "learning_rate": lr, "max_grad_norm": RECOVERY_MAX_GRAD_NORM, "kl_before": before,
             "kl_after": mean_kl(teacher, student, held_out), "held_out_tokens": int(held_out.size)}
 
 
