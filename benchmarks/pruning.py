@@ -11,8 +11,9 @@ to the GGUF's Q4_1: 4-bit codes, a scale and a minimum per 32 weights). Then, in
 perplexity on the evaluation text (edgekit.evaltext, 9,579 tokens), KL to the unpruned fp32 model on its
 first 2,048 tokens, greedy agreement with the unpruned fp32 model (identical tokens of 64, 4 prompts), the
 factual check (edgekit.factcheck: 60 prompts with one-word answers, exact match), size on disk, and decode
-tokens/s and time to first token (128-token prompt; medians of 3 rounds, 2 threads). Speed ratios compare each
-package with the unpruned package of the same weight format.
+tokens/s (64 tokens after a 128-token prompt; median of 7 rounds, the packages taking turns each round, 2
+threads) and time to first token (median of 4). Speed ratios compare each package with the unpruned package of
+the same weight format.
 
 Pruned folders and packages are kept under ${XDG_CACHE_HOME:-~/.cache}/edgekit/pruning (delete it to rebuild).
 About an hour on 2 cores.
@@ -37,6 +38,7 @@ KL_TOKENS = 2048
 GREEDY_PROMPTS = ("The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,",
                   "The main causes of the war were")
 GREEDY_TOKENS = 64
+SPEED_ROUNDS = 7
 INT4 = ("int4", 32)  # format, group size
 
 
@@ -87,7 +89,7 @@ def package(folder: Path, fmt_name: str | None) -> Path:
 def measure(pkg: Path, reference: Any, ref_greedy: list[list[int]] | None) -> dict[str, Any]:
     """Every column for one package (module docstring); `reference` is the unpruned fp32 Model."""
     from edgekit.runtime import GenerationConfig, Model
-    from edgekit.runtime.bench import decode_rate, time_to_first_token
+    from edgekit.runtime.bench import time_to_first_token
     from edgekit.runtime.bench_common import size_on_disk_mb
 
     from edgekit.evaltext import default_text, log_softmax, perplexity, windows
@@ -111,9 +113,25 @@ def measure(pkg: Path, reference: Any, ref_greedy: list[list[int]] | None) -> di
     pruning = manifest["recipe"].get("pruning") or {}
     params = (pruning.get("parameters") or {}).get("after")
     return {"package": str(pkg), "perplexity": ppl, "kl": float(np.concatenate(kl).mean()), "greedy": agree,
-            "facts": facts, "size_mb": size_on_disk_mb(pkg), "tokens_per_s": decode_rate(model, 128, 64, 3),
+            "facts": facts, "size_mb": size_on_disk_mb(pkg),
             "ttft_ms": ttft, "parameters": params, "greedy_tokens": greedy,
             "recovery": pruning.get("recovery"), "shapes": pruning.get("layers")}
+
+
+def decode_rates(pkgs: list[Path]) -> list[float]:
+    """Decode tokens/s of each package (64 after 128), the median of SPEED_ROUNDS rounds in which the packages take
+    turns: a machine that slows down or speeds up during the run moves every package alike, not the ones measured
+    then (three rounds per package, one package after the other, moved the same unpruned fp32 package from 76 to
+    90 tok/s between two runs)."""
+    from edgekit.runtime import Model
+    from edgekit.runtime.bench import decode_rate
+
+    models = [Model(pkg, threads=THREADS) for pkg in pkgs]
+    rates: list[list[float]] = [[] for _ in models]
+    for _ in range(SPEED_ROUNDS):
+        for k, model in enumerate(models):
+            rates[k].append(decode_rate(model, 128, 64, 1))
+    return [statistics.median(r) for r in rates]
 
 
 def main() -> None:
@@ -149,6 +167,8 @@ def main() -> None:
         ref_greedy = ref_greedy or r["greedy_tokens"]
         r.update(label=label, format=fmt_name, ratio=ratio, recover_steps=steps)
         results.append(r)
+    for r, rate in zip(results, decode_rates([row[4] for row in rows])):
+        r["tokens_per_s"] = rate
     note = meter.note()
     base_params = None
     for r in results:
@@ -172,7 +192,8 @@ def main() -> None:
         ("ppl: evaluation text (9,579 tokens); KL: to the unpruned fp32 model, nats/token on 2,048 tokens; "
         "greedy/64: tokens identical to the unpruned fp32 model before the first difference, mean of 4 prompts; "
         "facts: exact match on 60 one-word answers (edgekit.factcheck); tok/s: decode, 64 tokens after 128, median "
-        "of 3; vs unpruned: the unpruned package of the same weights' format."),
+        f"of {SPEED_ROUNDS} rounds, the packages in turn; vs unpruned: the unpruned package of the same weights' "
+        "format."),
         note])
     print(table)
     for r in results:
