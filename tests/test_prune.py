@@ -240,3 +240,24 @@ def test_neutral_calibration_prompts(tmp_path: Path, src: Path) -> None:
     _cli("export", str(src), "-o", str(tmp_path / "pkg"), "--prune", "0.02", "--calib-prompts", "neutral")
     pruning = read_manifest(tmp_path / "pkg").data["recipe"]["pruning"]
     assert pruning["calibration"].startswith("self-generated from neutral prompts")
+
+
+def test_activation_channel_score_is_the_rms_norm_of_what_the_channel_adds(src: Path) -> None:
+    """An MLP channel's activation score is RMS(activation) x its down-projection column's norm, computed here
+    from the activations captured independently of importance.measure."""
+    import torch
+    from edgekit.exporters.prune.importance import measure
+
+    model = TorchReference(str(src), "cpu").model
+    windows = np.random.default_rng(0).integers(0, model.config.vocab_size, (6, 16))
+    captured: list[torch.Tensor] = []
+    down = model.model.layers[1].mlp.down_proj
+    handle = down.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().reshape(-1, 128)))
+    try:
+        scores = measure(model, windows, "activation", with_layers=False).channels[1]
+    finally:
+        handle.remove()
+    a = torch.cat(captured).double()
+    expected = a.pow(2).mean(0).sqrt() * down.weight.detach().double().norm(dim=0)
+    np.testing.assert_allclose(scores, expected.numpy(), rtol=1e-6)
+    assert not np.allclose(scores, (a.abs().mean(0) * down.weight.detach().double().norm(dim=0)).numpy(), rtol=1e-3)
