@@ -252,7 +252,8 @@ def test_activation_channel_score_is_the_rms_norm_of_what_the_channel_adds(src: 
     windows = np.random.default_rng(0).integers(0, model.config.vocab_size, (6, 16))
     captured: list[torch.Tensor] = []
     down = model.model.layers[1].mlp.down_proj
-    handle = down.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().reshape(-1, down.in_features)))
+    handle = down.register_forward_pre_hook(
+        lambda _m, args: captured.append(args[0].detach().reshape(-1, down.in_features)))
     try:
         scores = measure(model, windows, "activation", with_layers=False).channels[1]
     finally:
