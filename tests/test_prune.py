@@ -233,6 +233,24 @@ def test_knowledge_calibration_never_states_an_evaluated_fact() -> None:
     assert cut("water freezes", banned) == "water"
 
 
+def test_knowledge_calibration_keeps_every_kind_of_prompt_under_its_cap(src: Path) -> None:
+    """Where the text outgrows its cap, the cap drops a sample of all prompts, not one kind: joined in batch
+    order (by prompt length), SmolLM2's text once held no chemical element at all."""
+    from dataclasses import replace
+
+    from edgekit.exporters.prune.knowledge import KNOWLEDGE, TEMPLATES, knowledge_windows
+    from edgekit.exporters.sources import open_source, source_tokenizer
+
+    tokenizer, _ = source_tokenizer(open_source(str(src)))
+    model = TorchReference(str(src), "cpu").model
+    windows = knowledge_windows(model, tokenizer, replace(KNOWLEDGE, new_tokens=4, max_tokens=2048))
+    text = tokenizer.decode(windows.reshape(-1).tolist())
+    assert windows.size == 2048
+    for names, templates in TEMPLATES:
+        for template in templates:
+            assert any(template.format(x) in text for x in names), template
+
+
 def test_neutral_calibration_prompts(tmp_path: Path, src: Path) -> None:
     out = _cli("prune", str(src), "-o", str(tmp_path / "out"), "--ratio", "0.02", "--calib-prompts", "neutral")
     record = json.loads((tmp_path / "out" / "config.json").read_text())["edgekit_pruning"]
