@@ -106,11 +106,11 @@ def test_uniform_pruning_loads_with_plain_transformers(tmp_path: Path, src: Path
     assert (plain(ids).logits - ours(ids).logits).abs().max() < 1e-5
 
 
-def test_export_prune_with_recovery_then_int4(tmp_path: Path, src: Path) -> None:
+def test_export_prune_with_recovery_then_int4(tmp_path: Path, src: Path, calib: str) -> None:
     """Straight to a package: pruned by gradient importance, recovered, quantized to int4 with GPTQ; the package
     equals PyTorch running the pruned model with the package's own dequantized weights (greedy)."""
     out = _cli("export", str(src), "-o", str(tmp_path / "pkg"), "--prune", "0.03", "--recover-steps", "8",
-               "--weights", "int4", "--group-size", "16", "--method", "gptq")
+               "--weights", "int4", "--group-size", "16", "--method", "gptq", "--calib", calib)
     assert "wrote" in out
     manifest = read_manifest(tmp_path / "pkg")
     pruning = manifest.data["recipe"]["pruning"]
