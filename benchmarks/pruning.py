@@ -7,16 +7,18 @@ The GGUF (Q4_1) is dequantized by transformers to an fp32 Hugging Face folder, t
 ratio is pruned by `edgekit.exporters.prune` (activation importance on the model's own calibration text, the
 default), once as is and once with recovery (distillation from the unpruned model). Every model is exported as
 an fp32 package; the unpruned model and the recovered ones also as int4 g32 GPTQ packages (the format closest
-to the GGUF's Q4_1: 4-bit codes, a scale and a minimum per 32 weights). Then, in one process, per package:
+to the GGUF's Q4_1: 4-bit codes, a scale and a minimum per 32 weights). Each ratio is also recovered through
+int4 g32 rounding (quantization-aware, exporters.prune.quant_aware) and exported as int4 g32 RTN, next to the
+unpruned model as int4 g32 RTN (which keeps the GGUF's Q4_1 weights losslessly). Then, in one process, per package:
 perplexity on the evaluation text (edgekit.evaltext, 9,579 tokens), KL to the unpruned fp32 model on its
 first 2,048 tokens, greedy agreement with the unpruned fp32 model (identical tokens of 64, 4 prompts), the
 factual check (edgekit.factcheck: 60 prompts with one-word answers, exact match), size on disk, and decode
 tokens/s (64 tokens after a 128-token prompt; median of 7 rounds, the packages taking turns each round, 2
 threads) and time to first token (median of 4). Speed ratios compare each package with the unpruned package of
-the same weight format.
+the same weight format and method.
 
 Pruned folders and packages are kept under ${XDG_CACHE_HOME:-~/.cache}/edgekit/pruning (delete it to rebuild).
-About an hour on 2 cores.
+About an hour and a half on 2 cores.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from edgekit.formats import GridFormat
 from harness import LoadMeter, add_out_option, cache_dir, fmt, format_table, gguf_path, logger, write_results
 
 log = logger("pruning")
@@ -39,7 +42,7 @@ GREEDY_PROMPTS = ("The capital of France is", "def fibonacci(n):", "Once upon a 
                   "The main causes of the war were")
 GREEDY_TOKENS = 64
 SPEED_ROUNDS = 7
-INT4 = ("int4", 32)  # format, group size
+INT4 = GridFormat(4, 32)
 
 
 def built(path: Path, build: Any) -> Path:
@@ -65,25 +68,30 @@ def unpruned_folder(work: Path) -> Path:
     return built(work / "unpruned", build)
 
 
-def pruned_folder(work: Path, base: Path, ratio: float, steps: int) -> Path:
+def pruned_folder(work: Path, base: Path, ratio: float, steps: int, recover_for: GridFormat | None = None) -> Path:
     def build(out: Path) -> None:
         from edgekit.exporters.prune import PruneRequest, prune
 
-        log(f"pruning {ratio:.0%}" + (f", recovering {steps} steps" if steps else ""))
-        result = prune(str(base), out, PruneRequest(ratio=ratio), recover_steps=steps)
+        log(f"pruning {ratio:.0%}" + (f", recovering {steps} steps" if steps else "")
+            + (f" through {recover_for.name}" if recover_for else ""))
+        result = prune(str(base), out, PruneRequest(ratio=ratio), recover_steps=steps, recover_for=recover_for)
         log(result.describe())
-    return built(work / f"pruned-{ratio:g}-r{steps}", build)
+    return built(work / (f"pruned-{ratio:g}-r{steps}" + (f"-{recover_for.name}" if recover_for else "")), build)
 
 
-def package(folder: Path, fmt_name: str | None) -> Path:
+def package(folder: Path, method: str | None) -> Path:
+    """`folder` exported as fp32 (method None) or as INT4 quantized by `method` (rtn or gptq)."""
     def build(out: Path) -> None:
         from edgekit.exporters.pipeline import export
-        from edgekit.exporters.quantize import GridFormat, QuantConfig
+        from edgekit.exporters.quantize import QuantConfig
 
-        log(f"exporting {folder.name} as {fmt_name or 'fp32'}")
-        quant = QuantConfig(GridFormat(4, INT4[1]), "gptq") if fmt_name else None
-        export(str(folder), out, quant=quant)
-    return built(folder.parent / f"{folder.name}.{fmt_name or 'fp32'}.pkg", build)
+        log(f"exporting {folder.name} as {weights_label(method)}")
+        export(str(folder), out, quant=QuantConfig(INT4, method) if method else None)
+    return built(folder.parent / f"{folder.name}.{method or 'fp32'}.pkg", build)
+
+
+def weights_label(method: str | None) -> str:
+    return f"int4 {method}" if method else "fp32"
 
 
 def measure(pkg: Path, reference: Any, ref_greedy: list[list[int]] | None) -> dict[str, Any]:
@@ -147,15 +155,17 @@ def main() -> None:
     ratios = [float(r) for r in args.ratios.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
     base = unpruned_folder(args.work)
-    rows: list[tuple[str, str, float, int, Path]] = [("unpruned", "fp32", 0.0, 0, package(base, None)),
-                                                     ("unpruned", "int4", 0.0, 0, package(base, "int4"))]
+    rows: list[tuple[str, str, float, int, Path]] = [("unpruned", weights_label(m), 0.0, 0, package(base, m))
+                                                     for m in (None, "gptq", "rtn")]
+    steps = args.recover_steps
     for ratio in ratios:
-        for steps in (0, args.recover_steps):
-            folder = pruned_folder(args.work, base, ratio, steps)
-            rows.append((f"{ratio:.0%} pruned" + (f", {steps} recovery steps" if steps else ""), "fp32", ratio,
-                         steps, package(folder, None)))
-            if steps:
-                rows.append((rows[-1][0], "int4", ratio, steps, package(folder, "int4")))
+        plain = f"{ratio:.0%} pruned"
+        recovered, folder = f"{plain}, {steps} recovery steps", pruned_folder(args.work, base, ratio, steps)
+        rows += [(plain, "fp32", ratio, 0, package(pruned_folder(args.work, base, ratio, 0), None)),
+                 (recovered, "fp32", ratio, steps, package(folder, None)),
+                 (recovered, "int4 gptq", ratio, steps, package(folder, "gptq")),
+                 (f"{plain}, {steps} int4-aware recovery steps", "int4 rtn", ratio, steps,
+                  package(pruned_folder(args.work, base, ratio, steps, INT4), "rtn"))]
     log("measuring")
     meter = LoadMeter()
     reference = Model(rows[0][4], threads=THREADS)
@@ -174,7 +184,7 @@ def main() -> None:
     for r in results:
         if r["parameters"] is None:
             r["parameters"] = base_params = base_params or stored_parameters(base)
-    same = {r["format"]: r for r in results if r["ratio"] == 0}
+    same = {r["format"]: r for r in results if r["ratio"] == 0}  # by format and method
     for r in results:
         u = same[r["format"]]
         r["removed"] = 1 - r["parameters"] / u["parameters"]
@@ -193,7 +203,7 @@ def main() -> None:
         "greedy/64: tokens identical to the unpruned fp32 model before the first difference, mean of 4 prompts; "
         "facts: exact match on 60 one-word answers (edgekit.factcheck); tok/s: decode, 64 tokens after 128, median "
         f"of {SPEED_ROUNDS} rounds, the packages in turn; vs unpruned: the unpruned package of the same weights' "
-        "format."),
+        "format and method; int4-aware recovery: distilled through int4 g32 rounding (exporters.prune.quant_aware)."),
         note])
     print(table)
     for r in results:

@@ -120,7 +120,8 @@ def main() -> None:
 @click.option("--prune", "prune_spec", default=None,
               help="Prune first: a ratio of parameters to remove (0.25) or a pruning plan YAML (see `edgekit prune`).")
 @click.option("--recover-steps", type=click.IntRange(0), default=0,
-              help="With --prune: steps of distillation from the unpruned model [0].")
+              help="With --prune: steps of distillation from the unpruned model; with --weights and method rtn, "
+                   "through that format's rounding [0].")
 @_calib_prompts_option(None)
 @_one_line_errors
 def export(src: str, out: str, draft: str | None, draft_layers: int | None, draft_steps: int | None,
@@ -169,17 +170,22 @@ def export(src: str, out: str, draft: str | None, draft_layers: int | None, draf
 @_calib_prompts_option("knowledge")
 @click.option("--recover-steps", type=click.IntRange(0), default=0,
               help="Steps of distillation from the unpruned model on the calibration text [0].")
+@click.option("--recover-for", default=None,
+              help="Recover through the rounding of the weight format the folder will be exported to (int4, "
+                   "int4g32, ...: then export it with that --weights, method rtn) [float recovery].")
 @_one_line_errors
 def prune(src: str, out: str, ratio: float | None, plan: str | None, depth: float | None,
           attention_share: float | None, importance: str | None, calib: str | None, calib_prompts: str,
-          recover_steps: int) -> None:
+          recover_steps: int, recover_for: str | None) -> None:
     """Remove attention heads, key/value groups, MLP channels and layers of SRC by measured importance; write a
     smaller Hugging Face folder OUT (export it with `edgekit export OUT`)."""
     from edgekit.exporters.prune import prune as run_prune
     from edgekit.exporters.prune import request_from_options
+    from edgekit.formats import GridFormat
 
     request = request_from_options(ratio, plan, depth, importance, attention_share)
-    result = run_prune(src, out, request, calib, recover_steps, calib_prompts=calib_prompts)
+    fmt = GridFormat.parse(recover_for) if recover_for is not None else None
+    result = run_prune(src, out, request, calib, recover_steps, calib_prompts=calib_prompts, recover_for=fmt)
     click.echo(f"wrote {out}: {result.describe()}")
 
 

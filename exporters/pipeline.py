@@ -30,6 +30,7 @@ from tokenizers import Tokenizer
 
 import edgekit
 from edgekit.errors import EdgekitError
+from edgekit.formats import GridFormat
 from edgekit.package import (
     CONTRACT,
     EMBEDDING_CONTRACT,
@@ -302,8 +303,8 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
     targets' shapes (prepare()).
 
     `prune`: prune SRC first (exporters.prune; `recover_steps` of distillation, calibration text `calib`, else the
-    model's own continuations of `calib_prompts`), into a
-    temporary Hugging Face folder the package is then exported from (quantized as `quant` says).
+    model's own continuations of `calib_prompts`; through `quant`'s rounding where recovery_format() gives one),
+    into a temporary Hugging Face folder the package is then exported from (quantized as `quant` says).
 
     `fast_exact`: the fast graph keeps the projections a data-aware export measured as sensitive at exact
     activations (`recipe.fast_exact`); False gives every projection int8 activations (see int8_everywhere).
@@ -330,9 +331,19 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
 
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{Path(out).name}.pruned-", dir=Path(out).parent) as tmp:
-        pruned = prune_model(src, Path(tmp) / "pruned", prune, calib, recover_steps, calib_prompts=calib_prompts)
+        pruned = prune_model(src, Path(tmp) / "pruned", prune, calib, recover_steps, calib_prompts=calib_prompts,
+                             recover_for=recovery_format(quant) if recover_steps else None)
         return _export(str(pruned.folder), f"{src} (pruned: {prune.describe()})", out, drafting, quant, options,
                        fast_exact)
+
+
+def recovery_format(quant: QuantConfig | None) -> GridFormat | None:
+    """The format pruning recovery trains through (exporters.prune.quant_aware): the export's one projection format
+    when RTN rounds it. GPTQ, a plan or a bit budget choose codes or formats after recovery, from the float model:
+    float recovery for them."""
+    if quant is None or quant.method != "rtn" or quant.plan is not None or quant.target_bpw is not None:
+        return None
+    return quant.weights
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from edgekit.exporters.prune import load_pruned
 from edgekit.exporters.reference import TorchReference
 from edgekit.exporters.validate import Thresholds, validate
 from edgekit.runtime import Model
-from factories import tiny_gguf, tiny_hf_model
+from factories import tiny_gguf, tiny_hf_model, tiny_torch_model
 from safetensors import safe_open
 from test_bad_input import _fails
 
@@ -124,6 +124,63 @@ def test_export_prune_with_recovery_then_int4(tmp_path: Path, src: Path, calib: 
                                                          .GenerationConfig(max_new_tokens=8, stop_token_ids=())))) == 8
 
 
+def test_seen_quantized_rounds_forward_and_trains_the_float_weights(tmp_path: Path) -> None:
+    """Quantization-aware recovery's rounding: inside, the projections compute with their RTN round trip (the
+    export's own rounding) and gradients reach the float weights; outside, the float weights are back."""
+    import torch
+    from edgekit.exporters.prune.quant_aware import seen_quantized
+    from edgekit.exporters.quantize.rtn import quantize_rtn
+
+    from edgekit.formats import GridFormat
+
+    model = tiny_torch_model(tmp_path / "m")
+    fmt = GridFormat(4, 16)
+    proj = model.model.layers[0].mlp.down_proj
+    latent = proj.weight.detach().clone()
+    rounded = torch.from_numpy(quantize_rtn(latent.numpy(), fmt).dequantize())
+    x = torch.randn(3, latent.shape[1])
+    with seen_quantized(model, fmt):
+        assert torch.equal(proj.weight, rounded) and not torch.equal(rounded, latent)
+        out = proj(x)
+        assert torch.allclose(out, x @ rounded.T, atol=1e-6)
+        out.square().sum().backward()
+        grad = proj.parametrizations.weight.original.grad
+        assert torch.allclose(grad, 2 * out.T @ x, atol=1e-5)  # straight through: d(loss)/d(rounded weight)
+    assert torch.equal(proj.weight, latent) and "parametrizations" not in dict(proj.named_children())
+    assert set(model.state_dict()) == set(tiny_torch_model(tmp_path / "again").state_dict())
+
+
+def test_int4_aware_recovery_then_rtn_export_is_the_trained_model(tmp_path: Path, src: Path, calib: str) -> None:
+    """`prune --recover-for int4g16`, then `export --weights int4g16` (RTN): the package equals PyTorch running
+    the folder with its projections rounded as recovery saw them; `export --prune` picks the same recovery."""
+    import torch
+    from edgekit.exporters.quantize.rtn import quantize_rtn
+    from edgekit.exporters.quantize.spec import embedding_format
+
+    from edgekit.formats import GridFormat
+
+    out = _cli("prune", str(src), "-o", str(tmp_path / "out"), "--ratio", "0.03", "--recover-steps", "8",
+               "--recover-for", "int4g16", "--calib", calib)
+    assert "through int4g16 rounding" in out and "export with --weights int4g16, method rtn" in out
+    record = json.loads((tmp_path / "out" / "config.json").read_text())["edgekit_pruning"]
+    assert record["recovery"]["quantization_aware"] == "int4g16"
+    assert record["recovery"]["kl_after"] < record["recovery"]["kl_before"]
+    _cli("export", str(tmp_path / "out"), "-o", str(tmp_path / "pkg"), "--weights", "int4g16")
+    ref = TorchReference(str(tmp_path / "out"), "cpu")
+    fmt = GridFormat(4, 16)
+    with torch.no_grad():
+        rounded = [(m, fmt) for m in ref.model.model.layers.modules() if isinstance(m, torch.nn.Linear)]
+        for m, f in [*rounded, (ref.model.model.embed_tokens, embedding_format(fmt))]:  # the tied table: int8
+            m.weight.copy_(torch.from_numpy(quantize_rtn(m.weight.numpy(), f).dequantize()))
+    report = validate(Model(tmp_path / "pkg"), ref, 12, None, Thresholds())
+    assert not report.failures and report.max_logit_error < 1e-3, report.table()
+
+    _cli("export", str(src), "-o", str(tmp_path / "pkg2"), "--prune", "0.03", "--recover-steps", "2",
+         "--weights", "int4", "--group-size", "16", "--calib", calib)
+    recovery = read_manifest(tmp_path / "pkg2").data["recipe"]["pruning"]["recovery"]
+    assert recovery["quantization_aware"] == "int4g16"
+
+
 def test_taylor_importance_and_depth(tmp_path: Path, src: Path, calib: str) -> None:
     out = _cli("prune", str(src), "-o", str(tmp_path / "out"), "--ratio", "0.02", "--depth", "0.5", "--attention-share", "1",
                "--importance", "taylor", "--calib", calib)
@@ -189,6 +246,11 @@ def test_bad_plan(tmp_path: Path, src: Path, plan: str, expected: str) -> None:
 
 def test_recover_steps_needs_prune(tmp_path: Path, src: Path) -> None:
     _fails(["export", str(src), "-o", str(tmp_path / "pkg"), "--recover-steps", "5"], "give --prune too")
+    _fails(["prune", str(src), "-o", str(tmp_path / "out"), "--ratio", "0.03", "--recover-for", "int4"],
+           "--recover-for shapes recovery: give --recover-steps too")
+    _fails(["prune", str(src), "-o", str(tmp_path / "out"), "--ratio", "0.03", "--recover-steps", "2",
+            "--recover-for", "int9"], "unknown weight format 'int9'")
+    assert not (tmp_path / "out").exists()
     _fails(["export", str(src), "-o", str(tmp_path / "pkg"), "--calib-prompts", "neutral"],
            "--calib-prompts is for a pruned model: give --prune too")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from edgekit.exporters.distill import distill, mean_kl
 from edgekit.exporters.hf_folder import copy_tokenizer_files, write_tokenizer_files
 from edgekit.exporters.prune.importance import Importance, measure
 from edgekit.exporters.prune.knowledge import knowledge_windows
+from edgekit.exporters.prune.quant_aware import seen_quantized
 from edgekit.exporters.prune.request import PruneRequest
 from edgekit.exporters.prune.selection import layer_dims, select
 from edgekit.exporters.prune.surgery import apply_keep, save_pruned
@@ -27,6 +29,7 @@ from edgekit.exporters.quantize.spec import CalibrationConfig
 from edgekit.exporters.sources import open_source, source_tokenizer
 
 from edgekit.errors import EdgekitError
+from edgekit.formats import GridFormat
 
 # Recovery trains every weight but the embedding (tied to the output layer: 28M of SmolLM2's 135M, and the
 # layers it feeds are what pruning changed). The rate is measured on SmolLM2-135M at 25% fewer parameters,
@@ -60,8 +63,12 @@ class PruneResult:
                 f"{r['importance']}")
         rec = r.get("recovery")
         if rec:
-            line += (f"; recovery {rec['steps']} steps: KL to the unpruned model {rec['kl_before']:.3f} -> "
-                     f"{rec['kl_after']:.3f} nats/token on {rec['held_out_tokens']} held-out tokens")
+            aware = rec.get("quantization_aware")
+            line += (f"; recovery {rec['steps']} steps" + (f" through {aware} rounding" if aware else "") +
+                     f": KL to the unpruned model {rec['kl_before']:.3f} -> {rec['kl_after']:.3f} nats/token on "
+                     f"{rec['held_out_tokens']} held-out tokens")
+            if aware:
+                line += f" (export with --weights {aware}, method rtn)"
         return line
 
 
@@ -71,11 +78,12 @@ def numel(module: Any) -> int:
 
 
 def prune(src: str, out: str | Path, request: PruneRequest, calib: str | None = None,
-          recover_steps: int = 0, recover_lr: float = RECOVERY_LR, calib_prompts: str = "knowledge") -> PruneResult:
+          recover_steps: int = 0, recover_lr: float = RECOVERY_LR, calib_prompts: str = "knowledge",
+          recover_for: GridFormat | None = None) -> PruneResult:
     """SRC (GGUF file, Hugging Face folder or built-in name) pruned as `request` says, optionally recovered by
-    `recover_steps` steps of distillation at `recover_lr`, written as a Hugging Face folder `out`
-    (exporters.prune.surgery). Calibration text: the file `calib`, else the model's own continuations of
-    `calib_prompts` (CALIB_PROMPTS)."""
+    `recover_steps` steps of distillation at `recover_lr` (through `recover_for`'s RTN rounding: quant_aware.py),
+    written as a Hugging Face folder `out` (exporters.prune.surgery). Calibration text: the file `calib`, else the
+    model's own continuations of `calib_prompts` (CALIB_PROMPTS)."""
     import torch
     from edgekit.exporters.quantize.tune import float_teacher
     from edgekit.exporters.reference import TorchReference
@@ -85,6 +93,8 @@ def prune(src: str, out: str | Path, request: PruneRequest, calib: str | None = 
         raise EdgekitError("output already exists (remove it or choose another -o)", out)
     if recover_steps < 0:
         raise EdgekitError(f"--recover-steps is {recover_steps}, expected 0 or more")
+    if recover_for is not None and not recover_steps:
+        raise EdgekitError("--recover-for shapes recovery: give --recover-steps too")
     if calib_prompts not in CALIB_PROMPTS:
         raise EdgekitError(f"--calib-prompts is {calib_prompts!r}, expected one of {', '.join(CALIB_PROMPTS)}")
     source = open_source(src)
@@ -116,7 +126,8 @@ def prune(src: str, out: str | Path, request: PruneRequest, calib: str | None = 
         "parameters": {"before": total, "after": numel(model), "removed": 1 - numel(model) / total},
     }
     if teacher is not None:
-        record["recovery"] = recover(teacher, model, train, held_out if held else train, recover_steps, recover_lr)
+        record["recovery"] = recover(teacher, model, train, held_out if held else train, recover_steps, recover_lr,
+                                     recover_for)
     with torch.no_grad():
         model.float()
     _write(out, model, record, source, tokenizer, tok_info)
@@ -124,17 +135,23 @@ def prune(src: str, out: str | Path, request: PruneRequest, calib: str | None = 
 
 
 def recover(teacher: Any, student: Any, train: np.ndarray, held_out: np.ndarray, steps: int,
-            lr: float = RECOVERY_LR) -> dict[str, Any]:
+            lr: float = RECOVERY_LR, fmt: GridFormat | None = None) -> dict[str, Any]:
     """Distil the unpruned `teacher` into the pruned `student` (every weight but the embedding) for `steps` steps
-    at `lr`; KL to the teacher on `held_out` windows before and after."""
-    before = mean_kl(teacher, student, held_out)
-    params = [p for name, p in student.named_parameters() if "embed_tokens" not in name and "lm_head" not in name]
-    student.train()
-    distill(teacher, lambda batch: student(batch).logits, params, train, steps, lr, "recovery",
-            batch=RECOVERY_BATCH, max_grad_norm=RECOVERY_MAX_GRAD_NORM)
-    student.eval()
-    return {"steps": steps, "learning_rate": lr, "max_grad_norm": RECOVERY_MAX_GRAD_NORM, "kl_before": before,
-            "kl_after": mean_kl(teacher, student, held_out), "held_out_tokens": int(held_out.size)}
+    at `lr`, with its projections rounded to `fmt` if given (quant_aware.py); KL to the teacher on `held_out`
+    windows before and after (of the rounded model, with `fmt`)."""
+    with seen_quantized(student, fmt) if fmt is not None else nullcontext():
+        before = mean_kl(teacher, student, held_out)
+        params = [p for name, p in student.named_parameters() if "embed_tokens" not in name and "lm_head" not in name]
+        student.train()
+        distill(teacher, lambda batch: student(batch).logits, params, train, steps, lr, "recovery",
+                batch=RECOVERY_BATCH, max_grad_norm=RECOVERY_MAX_GRAD_NORM)
+        student.eval()
+        after = mean_kl(teacher, student, held_out)
+    record = {"steps": steps, "learning_rate": lr, "max_grad_norm": RECOVERY_MAX_GRAD_NORM, "kl_before": before,
+              "kl_after": after, "held_out_tokens": int(held_out.size)}
+    if fmt is not None:
+        record["quantization_aware"] = fmt.name
+    return record
 
 
 def _write(out: Path, model: Any, record: dict[str, Any], source: Any, tokenizer: Any,
