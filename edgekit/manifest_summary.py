@@ -131,7 +131,9 @@ def _pruning_lines(p: dict[str, Any]) -> list[str]:
         line += f", source layers dropped {p['dropped_layers']}"
     rec = p.get("recovery")
     if isinstance(rec, dict):
-        line += f", recovered {rec.get('steps')} steps (KL {rec.get('kl_before', 0):.3f} -> {rec.get('kl_after', 0):.3f})"
+        aware = f" through {rec['quantization_aware']} rounding" if rec.get("quantization_aware") else ""
+        line += (f", recovered {rec.get('steps')} steps{aware} (KL {rec.get('kl_before', 0):.3f} -> "
+                 f"{rec.get('kl_after', 0):.3f})")
     shapes = [{"index": i, "kept": f"{x.get('heads')}/{x.get('kv_heads')} heads, MLP {x.get('intermediate_size')}"}
               for i, x in enumerate(p.get("layers", []))]
     rows = [[idx, *kept] for idx, kept in _layer_ranges(shapes, ("kept",))]

@@ -21,6 +21,7 @@ import onnx
 from edgekit.exporters.draft import DEFAULT_DRAFT_STEPS, auto_draft, check_same_tokenizer, measure_acceptance
 from edgekit.exporters.graph_files import save_graphs
 from edgekit.exporters.lowering import lower
+from edgekit.exporters.prune.quant_aware import check_export_format, recovery_format
 from edgekit.exporters.prune.request import PruneRequest
 from edgekit.exporters.quantize import QuantConfig, quantize_source
 from edgekit.exporters.sources import Source, choose_builder, open_source, resolve_path, source_tokenizer
@@ -30,7 +31,6 @@ from tokenizers import Tokenizer
 
 import edgekit
 from edgekit.errors import EdgekitError
-from edgekit.formats import GridFormat
 from edgekit.package import (
     CONTRACT,
     EMBEDDING_CONTRACT,
@@ -153,6 +153,7 @@ def prepare(src: str, quant: QuantConfig | None = None, targets: tuple[str, ...]
         raise EdgekitError("--static-length is for encoders (a decoder's static graph takes --static-chunk and "
                            "--static-context)", src)
     source = open_source(src)
+    check_export_format(getattr(source, "pruning", None), quant, src)
     shapes = static_shapes(source.config, static_chunk, static_context, src) if static else None
     tokenizer, tok_info = source_tokenizer(source)
     if quant is not None:
@@ -335,15 +336,6 @@ def export(src: str, out: str | Path, draft: str | None = None, quant: QuantConf
                              recover_for=recovery_format(quant) if recover_steps else None)
         return _export(str(pruned.folder), f"{src} (pruned: {prune.describe()})", out, drafting, quant, options,
                        fast_exact)
-
-
-def recovery_format(quant: QuantConfig | None) -> GridFormat | None:
-    """The format pruning recovery trains through (exporters.prune.quant_aware): the export's one projection format
-    when RTN rounds it. GPTQ, a plan or a bit budget choose codes or formats after recovery, from the float model:
-    float recovery for them."""
-    if quant is None or quant.method != "rtn" or quant.plan is not None or quant.target_bpw is not None:
-        return None
-    return quant.weights
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,8 @@ def test_seen_quantized_rounds_forward_and_trains_the_float_weights(tmp_path: Pa
 
 def test_int4_aware_recovery_then_rtn_export_is_the_trained_model(tmp_path: Path, src: Path, calib: str) -> None:
     """`prune --recover-for int4g16`, then `export --weights int4g16` (RTN): the package equals PyTorch running
-    the folder with its projections rounded as recovery saw them; `export --prune` picks the same recovery."""
+    the folder with its projections rounded as recovery saw them, and any other export of the folder is refused;
+    `export --prune` picks the same recovery."""
     import torch
     from edgekit.exporters.quantize.rtn import quantize_rtn
     from edgekit.exporters.quantize.spec import embedding_format
@@ -165,6 +166,10 @@ def test_int4_aware_recovery_then_rtn_export_is_the_trained_model(tmp_path: Path
     record = json.loads((tmp_path / "out" / "config.json").read_text())["edgekit_pruning"]
     assert record["recovery"]["quantization_aware"] == "int4g16"
     assert record["recovery"]["kl_after"] < record["recovery"]["kl_before"]
+    for other in ([], ["--weights", "int4g32"], ["--weights", "int4g16", "--method", "gptq", "--calib", calib]):
+        _fails(["export", str(tmp_path / "out"), "-o", str(tmp_path / "pkg"), *other],
+               "was recovered through int4g16 rounding: export it with --weights int4g16 and method rtn")
+        assert not (tmp_path / "pkg").exists()
     _cli("export", str(tmp_path / "out"), "-o", str(tmp_path / "pkg"), "--weights", "int4g16")
     ref = TorchReference(str(tmp_path / "out"), "cpu")
     fmt = GridFormat(4, 16)
@@ -179,6 +184,7 @@ def test_int4_aware_recovery_then_rtn_export_is_the_trained_model(tmp_path: Path
          "--weights", "int4", "--group-size", "16", "--calib", calib)
     recovery = read_manifest(tmp_path / "pkg2").data["recipe"]["pruning"]["recovery"]
     assert recovery["quantization_aware"] == "int4g16"
+    assert "recovered 2 steps through int4g16 rounding" in _cli("inspect", str(tmp_path / "pkg2"))
 
 
 def test_taylor_importance_and_depth(tmp_path: Path, src: Path, calib: str) -> None:

@@ -19,7 +19,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from edgekit.exporters.quantize.rtn import quantize_rtn
+from edgekit.exporters.quantize.spec import QuantConfig
 
+from edgekit.errors import EdgekitError
 from edgekit.formats import GridFormat
 
 
@@ -52,3 +54,25 @@ def seen_quantized(model: Any, fmt: GridFormat) -> Iterator[None]:
     finally:
         for m in linears:
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
+
+
+def recovery_format(quant: QuantConfig | None) -> GridFormat | None:
+    """The format `export --prune` recovery trains through: the export's one projection format when RTN rounds
+    it. GPTQ, a plan or a bit budget choose codes or formats after recovery, from the float model, and
+    --tune-steps distils from the float model: float recovery for them."""
+    if quant is None or quant.method != "rtn" or quant.plan is not None or quant.target_bpw is not None \
+            or quant.tune_steps:
+        return None
+    return quant.weights
+
+
+def check_export_format(pruning: dict[str, Any] | None, quant: QuantConfig | None, src: str) -> None:
+    """Refuse to export a folder recovered through one format's rounding (`pruning`: its config's record) any
+    other way: its float weights are trained to be rounded so, and as they are they make a worse model."""
+    recovery = (pruning or {}).get("recovery") or {}
+    aware = recovery.get("quantization_aware") if isinstance(recovery, dict) else None
+    fmt = recovery_format(quant)
+    if aware and (fmt is None or fmt.name != aware):
+        raise EdgekitError(f"this folder was recovered through {aware} rounding: export it with --weights {aware} "
+                           "and method rtn (no --plan, --target-bpw or --tune-steps), which gives the model "
+                           "recovery trained", src)
