@@ -6,10 +6,10 @@ Usage: python benchmarks/pruning.py [--ratios 0.1,0.25,0.4] [--recover-steps 150
 The GGUF (Q4_1) is dequantized by transformers to an fp32 Hugging Face folder, the unpruned reference. Each
 ratio is pruned by `edgekit.exporters.prune` (activation importance on the model's own calibration text, the
 default), once as is and once with recovery (distillation from the unpruned model). Every model is exported as
-an fp32 package; the unpruned model and the recovered ones also as int4 g32 GPTQ packages (the format closest
-to the GGUF's Q4_1: 4-bit codes, a scale and a minimum per 32 weights). Each ratio is also recovered through
-int4 g32 rounding (quantization-aware, exporters.prune.quant_aware) and exported as int4 g32 RTN, next to the
-unpruned model as int4 g32 RTN (which keeps the GGUF's Q4_1 weights losslessly). Then, in one process, per package:
+an fp32 package; the unpruned model and the recovered ones also as int4 g32 packages, by GPTQ and by RTN (the
+format closest to the GGUF's Q4_1: 4-bit codes, a scale and a minimum per 32 weights; RTN keeps the unpruned
+model's Q4_1 weights losslessly). Each ratio is also recovered through int4 g32 rounding (quantization-aware,
+exporters.prune.quant_aware) and exported as int4 g32 RTN. Then, in one process, per package:
 perplexity on the evaluation text (edgekit.evaltext, 9,579 tokens), KL to the unpruned fp32 model on its
 first 2,048 tokens, greedy agreement with the unpruned fp32 model (identical tokens of 64, 4 prompts), the
 factual check (edgekit.factcheck: 60 prompts with one-word answers, exact match), size on disk, and decode
@@ -164,6 +164,7 @@ def main() -> None:
         rows += [(plain, "fp32", ratio, 0, package(pruned_folder(args.work, base, ratio, 0), None)),
                  (recovered, "fp32", ratio, steps, package(folder, None)),
                  (recovered, "int4 gptq", ratio, steps, package(folder, "gptq")),
+                 (recovered, "int4 rtn", ratio, steps, package(folder, "rtn")),
                  (f"{plain}, {steps} int4-aware recovery steps", "int4 rtn", ratio, steps,
                   package(pruned_folder(args.work, base, ratio, steps, INT4), "rtn"))]
     log("measuring")
