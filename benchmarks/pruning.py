@@ -12,7 +12,8 @@ model's Q4_1 weights losslessly). Each ratio is also recovered through int4 g32 
 exporters.prune.quant_aware) and exported as int4 g32 RTN. Then, in one process, per package:
 perplexity on the evaluation text (edgekit.evaltext, 9,579 tokens), KL to the unpruned fp32 model on its
 first 2,048 tokens, greedy agreement with the unpruned fp32 model (identical tokens of 64, 4 prompts), the
-factual check (edgekit.factcheck: 60 prompts with one-word answers, exact match), size on disk, and decode
+factual check (edgekit.factcheck: 60 prompts with one-word answers, exact match; the points lost against the
+unpruned package of the same format come with a 95% interval, paired over the prompts), size on disk, and decode
 tokens/s (64 tokens after a 128-token prompt; median of 7 rounds, the packages taking turns each round, 2
 threads) and time to first token (median of 4). Speed ratios compare each package with the unpruned package of
 the same weight format and method.
@@ -114,14 +115,14 @@ def measure(pkg: Path, reference: Any, ref_greedy: list[list[int]] | None) -> di
     greedy = [list(model.generate_ids(model.encode(p), gen)) for p in GREEDY_PROMPTS]
     agree = None if ref_greedy is None else statistics.mean(
         next((i for i, (a, b) in enumerate(zip(g, r)) if a != b), len(g)) for g, r in zip(greedy, ref_greedy))
-    facts, _ = accuracy(lambda prompt, n: model.generate(prompt, max_new_tokens=n))  # type: ignore[arg-type,return-value]
+    facts, misses = accuracy(lambda prompt, n: model.generate(prompt, max_new_tokens=n))  # type: ignore[arg-type,return-value]
     prompt = ids[:128]
     ttft = statistics.median(time_to_first_token(model, prompt) for _ in range(4))
     manifest = json.loads((pkg / "manifest.json").read_text())
     pruning = manifest["recipe"].get("pruning") or {}
     params = (pruning.get("parameters") or {}).get("after")
     return {"package": str(pkg), "perplexity": ppl, "kl": float(np.concatenate(kl).mean()), "greedy": agree,
-            "facts": facts, "size_mb": size_on_disk_mb(pkg),
+            "facts": facts, "facts_missed": [list(m) for m in misses], "size_mb": size_on_disk_mb(pkg),
             "ttft_ms": ttft, "parameters": params, "greedy_tokens": greedy,
             "recovery": pruning.get("recovery"), "shapes": pruning.get("layers")}
 
@@ -142,6 +143,14 @@ def decode_rates(pkgs: list[Path]) -> list[float]:
     return [statistics.median(r) for r in rates]
 
 
+def points_lost(r: dict[str, Any]) -> str:
+    """`10 (-1 to 21)`: the factual check's points below the unpruned package, and the 95% interval."""
+    if r["ratio"] == 0:
+        return "n/a"
+    lo, hi = r["facts_lost_ci95"]
+    return f"{100 * r['facts_lost']:.0f} ({100 * lo:.0f} to {100 * hi:.0f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratios", default="0.1,0.25,0.4", help="fractions of the parameters removed")
@@ -151,6 +160,8 @@ def main() -> None:
     args = parser.parse_args()
     from edgekit.exporters.hf_folder import stored_parameters
     from edgekit.runtime import Model
+
+    from edgekit.factcheck import paired_drop
 
     ratios = [float(r) for r in args.ratios.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
@@ -190,10 +201,13 @@ def main() -> None:
         u = same[r["format"]]
         r["removed"] = 1 - r["parameters"] / u["parameters"]
         r["speedup"] = r["tokens_per_s"] / u["tokens_per_s"]
-    head = ["model", "weights", "params", "removed", "ppl", "KL", "greedy/64", "facts", "MB", "tok/s", "vs unpruned",
-            "TTFT ms"]
+        r["facts_lost"], *r["facts_lost_ci95"] = paired_drop([m[0] for m in u["facts_missed"]],
+                                                             [m[0] for m in r["facts_missed"]])
+    head = ["model", "weights", "params", "removed", "ppl", "KL", "greedy/64", "facts", "facts lost (95% CI)", "MB",
+            "tok/s", "vs unpruned", "TTFT ms"]
     body = [[r["label"], r["format"], f"{r['parameters'] / 1e6:.1f}M", f"{r['removed']:.1%}",
              f"{r['perplexity']:.2f}", fmt(r["kl"], ".3f"), fmt(r["greedy"], ".1f"), f"{r['facts']:.0%}",
+             points_lost(r),
              f"{r['size_mb']:.1f}", f"{r['tokens_per_s']:.1f}", f"{r['speedup']:.2f}x", f"{r['ttft_ms']:.0f}"]
             for r in results]
     table = "\n".join([
@@ -202,7 +216,8 @@ def main() -> None:
         *format_table(head, body, 2),
         ("ppl: evaluation text (9,579 tokens); KL: to the unpruned fp32 model, nats/token on 2,048 tokens; "
         "greedy/64: tokens identical to the unpruned fp32 model before the first difference, mean of 4 prompts; "
-        "facts: exact match on 60 one-word answers (edgekit.factcheck); tok/s: decode, 64 tokens after 128, median "
+        "facts: exact match on 60 one-word answers (edgekit.factcheck); facts lost: points below the unpruned "
+        "package of the same format, paired over the same prompts, with a 95% interval (factcheck.paired_drop); tok/s: decode, 64 tokens after 128, median "
         f"of {SPEED_ROUNDS} rounds, the packages in turn; vs unpruned: the unpruned package of the same weights' "
         "format and method; int4-aware recovery: distilled through int4 g32 rounding (exporters.prune.quant_aware)."),
         note])

@@ -7,8 +7,9 @@ capitals, chemical symbols, and common knowledge. Written for edgekit; answers c
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 FACTS: tuple[tuple[str, str], ...] = (
     ("The capital of France is", "Paris"),
@@ -105,3 +106,21 @@ def accuracy(complete: Callable[[str, int], str]) -> tuple[float, list[tuple[str
         if got.lower() not in answer.lower().split("|"):
             misses.append((prompt, answer, got))
     return 1 - len(misses) / len(FACTS), misses
+
+
+def paired_drop(reference_misses: Collection[str], misses: Collection[str]) -> tuple[float, float, float]:
+    """Accuracy lost against a reference model on the same FACTS (fraction, positive = fewer right) and its 95%
+    interval, from the prompts each model missed.
+
+    The two models answer the same prompts, so the difference is judged on the prompts where they disagree
+    (paired), not as two independent accuracies: at 60 prompts, two models 10 points apart are often within
+    sampling noise of each other, and an acceptance line of "within 10 points" must say so. Interval: Agresti and
+    Min's adjusted Wald interval for paired proportions (half a count added to each cell; Statistics in Medicine
+    24, 2005), written here because it is five lines and numpy/scipy have no paired-proportion interval."""
+    n = len(FACTS)
+    lost = len(set(misses) - set(reference_misses))  # right before, missed now
+    gained = len(set(reference_misses) - set(misses))
+    p_lost, p_gained, m = (lost + 0.5) / (n + 2), (gained + 0.5) / (n + 2), n + 2
+    half = 1.96 * math.sqrt(max(p_lost + p_gained - (p_lost - p_gained) ** 2, 0.0) / m)
+    centre = p_lost - p_gained
+    return (lost - gained) / n, centre - half, centre + half
