@@ -217,7 +217,8 @@ def main() -> None:
         ("ppl: evaluation text (9,579 tokens); KL: to the unpruned fp32 model, nats/token on 2,048 tokens; "
         "greedy/64: tokens identical to the unpruned fp32 model before the first difference, mean of 4 prompts; "
         "facts: exact match on 60 one-word answers (edgekit.factcheck); facts lost: points below the unpruned "
-        "package of the same format, paired over the same prompts, with a 95% interval (factcheck.paired_drop); tok/s: decode, 64 tokens after 128, median "
+        "package of the same format, paired over the same prompts, with a 95% interval (factcheck.paired_drop); "
+        "tok/s: decode, 64 tokens after 128, median "
         f"of {SPEED_ROUNDS} rounds, the packages in turn; vs unpruned: the unpruned package of the same weights' "
         "format and method; int4-aware recovery: distilled through int4 g32 rounding (exporters.prune.quant_aware)."),
         note])

@@ -120,7 +120,8 @@ def paired_drop(reference_misses: Collection[str], misses: Collection[str]) -> t
     n = len(FACTS)
     lost = len(set(misses) - set(reference_misses))  # right before, missed now
     gained = len(set(reference_misses) - set(misses))
-    p_lost, p_gained, m = (lost + 0.5) / (n + 2), (gained + 0.5) / (n + 2), n + 2
+    m = n + 2
+    p_lost, p_gained = (lost + 0.5) / m, (gained + 0.5) / m
     half = 1.96 * math.sqrt(max(p_lost + p_gained - (p_lost - p_gained) ** 2, 0.0) / m)
     centre = p_lost - p_gained
     return (lost - gained) / n, centre - half, centre + half
