@@ -117,11 +117,10 @@ def paired_drop(reference_misses: Collection[str], misses: Collection[str]) -> t
     sampling noise of each other, and an acceptance line of "within 10 points" must say so. Interval: Agresti and
     Min's adjusted Wald interval for paired proportions (half a count added to each cell; Statistics in Medicine
     24, 2005), written here because it is five lines and numpy/scipy have no paired-proportion interval."""
-    n = len(FACTS)
-    lost = len(set(misses) - set(reference_misses))  # right before, missed now
-    gained = len(set(reference_misses) - set(misses))
+    n, before, now = len(FACTS), set(reference_misses), set(misses)
+    lost, gained = len(now - before), len(before - now)  # right before and missed now; the other way round
     m = n + 2
     p_lost, p_gained = (lost + 0.5) / m, (gained + 0.5) / m
-    half = 1.96 * math.sqrt(max(p_lost + p_gained - (p_lost - p_gained) ** 2, 0.0) / m)
+    half = 1.96 * math.sqrt((p_lost + p_gained - (p_lost - p_gained) ** 2) / m)  # never negative: p <= 1
     centre = p_lost - p_gained
     return (lost - gained) / n, centre - half, centre + half
