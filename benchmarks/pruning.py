@@ -12,7 +12,7 @@ model's Q4_1 weights losslessly). Each ratio is also recovered through int4 g32 
 exporters.prune.quant_aware) and exported as int4 g32 RTN. Then, in one process, per package:
 perplexity on the evaluation text (edgekit.evaltext, 9,579 tokens), KL to the unpruned fp32 model on its
 first 2,048 tokens, greedy agreement with the unpruned fp32 model (identical tokens of 64, 4 prompts), the
-factual check (edgekit.factcheck: 60 prompts with one-word answers, exact match; the points lost against the
+factual check (edgekit.factcheck: 198 prompts with one-word answers, exact match; the points lost against the
 unpruned package of the same format come with a 95% interval, paired over the prompts), size on disk, and decode
 tokens/s (64 tokens after a 128-token prompt; median of 7 rounds, the packages taking turns each round, 2
 threads) and time to first token (median of 4). Speed ratios compare each package with the unpruned package of
@@ -216,7 +216,7 @@ def main() -> None:
         *format_table(head, body, 2),
         ("ppl: evaluation text (9,579 tokens); KL: to the unpruned fp32 model, nats/token on 2,048 tokens; "
         "greedy/64: tokens identical to the unpruned fp32 model before the first difference, mean of 4 prompts; "
-        "facts: exact match on 60 one-word answers (edgekit.factcheck); facts lost: points below the unpruned "
+        "facts: exact match on 198 one-word answers (edgekit.factcheck); facts lost: points below the unpruned "
         "package of the same format, paired over the same prompts, with a 95% interval (factcheck.paired_drop); "
         "tok/s: decode, 64 tokens after 128, median "
         f"of {SPEED_ROUNDS} rounds, the packages in turn; vs unpruned: the unpruned package of the same weights' "

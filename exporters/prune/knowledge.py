@@ -44,9 +44,9 @@ TEMPLATES = (
     (PEOPLE, ("{} was a famous", "{} is best known for", "{} was born in")),
     (PLACES, ("{} is located in", "Here are some facts about {}:")),
 )
-# Answers too common to cut text at (their facts' subjects are cut instead); answers of one or two letters
-# (chemical symbols) likewise.
-COMMON_ANSWERS = {"degrees", "seven"}
+# Answers too common to cut text at (their facts' subjects are cut instead): everyday words; answers of one or
+# two letters (chemical symbols) likewise.
+COMMON_ANSWERS = {"blue", "degrees", "eight", "fall", "green", "pride", "seven", "three", "water", "zero"}
 # The cap is above the whole text (34,016 tokens for SmolLM2-135M): at 25% fewer parameters and 150 recovery steps,
 # all of it against a 16k sample of it: KL to the unpruned model on general text 1.01 against 1.15 nats/token,
 # the factual check 60% against 53%. Past it, knowledge_windows keeps a sample of every kind of prompt.
