@@ -84,7 +84,7 @@ FACTS: tuple[tuple[str, str], ...] = (
     ("The capital of Albania is", "Tirana"),
     ("The capital of Zambia is", "Lusaka"),
     ("The capital of Angola is", "Luanda"),
-    ("The capital of Yemen is", "Sanaa"),
+    ("The capital of Yemen is", "Sanaa|Sana"),  # Sana'a
     ("The capital of Moldova is", "Chisinau"),
     ("The capital of the Bahamas is", "Nassau"),
     ("The capital of Fiji is", "Suva"),
@@ -251,7 +251,7 @@ MAX_NEW_TOKENS = 6  # enough for any answer's first word after a leading article
 
 def first_word(text: str) -> str:
     """The first word of a continuation, articles and punctuation stripped ("the Pacific Ocean." -> "Pacific")."""
-    words = re.findall(r"[A-Za-z0-9]+", text)
+    words = re.findall(r"[^\W_]+", text)  # letters and digits of any script: "Brasília" is one word
     while words and words[0].lower() in ("the", "a", "an", "is", "called"):
         words = words[1:]
     return words[0] if words else ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgekit.factcheck import FACTS, paired_drop
+from edgekit.factcheck import FACTS, first_word, paired_drop
 
 PROMPTS = [p for p, _ in FACTS]
 
@@ -29,3 +29,10 @@ def test_paired_drop_is_narrower_when_the_models_disagree_less() -> None:
     assert hi - lo < 0.098
     same, lo0, hi0 = paired_drop(PROMPTS[:17], list(reversed(PROMPTS[:17])))
     assert same == 0 and lo0 < 0 < hi0 and hi0 - lo0 < 0.07
+
+
+def test_first_word_keeps_letters_of_any_script() -> None:
+    """An accented answer is one word: split at "í", "Brasília" was once read as "Bras" and counted wrong."""
+    assert first_word(" Brasília, the capital") == "Brasília"
+    assert first_word(" Sana'a.") == "Sana"
+    assert first_word(" the Pacific Ocean.") == "Pacific"
