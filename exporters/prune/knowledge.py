@@ -5,9 +5,9 @@ what the text exercises is what survives. On the neutral prompts quantization us
 model keeps its perplexity but loses its facts; measured on SmolLM2-135M at 25% fewer parameters, the factual
 check (edgekit.factcheck, its first 60 prompts: kinds this text covers) goes from 3% to 45% with this text
 instead, from 8% to 60% after 150 recovery steps (benchmarks/results/pruning-experiments.md). Kinds of fact
-it does not cover fare worse: of the check's other 138 prompts, the recovered model answers 26 of the 60 the
-unpruned model answers. The whole text is used (34k tokens for SmolLM2): the first 16k
-tokens alone, as the text was once capped, left out the elements and the check's chemical symbols with them.
+it does not cover fare worse: of the check's other 138 prompts, the recovered model answers 26 of the 61 the
+unpruned model answers. The whole text is used (34k tokens for SmolLM2): the first 16k tokens alone, as the
+text was once capped, left out the elements and the check's chemical symbols with them.
 
 The prompts name countries, elements, people and places that edgekit.factcheck does not ask about, and every
 continuation is cut before the first word naming one of its subjects or answers: the check then measures facts
