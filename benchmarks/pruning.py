@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from edgekit.factcheck import FACTS
 from edgekit.formats import GridFormat
 from harness import LoadMeter, add_out_option, cache_dir, fmt, format_table, gguf_path, logger, write_results
 
@@ -216,7 +217,7 @@ def main() -> None:
         *format_table(head, body, 2),
         ("ppl: evaluation text (9,579 tokens); KL: to the unpruned fp32 model, nats/token on 2,048 tokens; "
         "greedy/64: tokens identical to the unpruned fp32 model before the first difference, mean of 4 prompts; "
-        "facts: exact match on 198 one-word answers (edgekit.factcheck); facts lost: points below the unpruned "
+        f"facts: exact match on {len(FACTS)} one-word answers (edgekit.factcheck); facts lost: points below the unpruned "
         "package of the same format, paired over the same prompts, with a 95% interval (factcheck.paired_drop); "
         "tok/s: decode, 64 tokens after 128, median "
         f"of {SPEED_ROUNDS} rounds, the packages in turn; vs unpruned: the unpruned package of the same weights' "
