@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgekit.factcheck import FACTS
+from edgekit.factcheck import FACTS, accuracy, paired_drop
 from edgekit.formats import GridFormat
 from harness import LoadMeter, add_out_option, cache_dir, fmt, format_table, gguf_path, logger, write_results
 
@@ -103,7 +103,6 @@ def measure(pkg: Path, reference: Any, ref_greedy: list[list[int]] | None) -> di
     from edgekit.runtime.bench_common import size_on_disk_mb
 
     from edgekit.evaltext import default_text, log_softmax, perplexity, windows
-    from edgekit.factcheck import accuracy
 
     model = Model(pkg, threads=THREADS)
     ids = model.codec.encode(default_text())
@@ -161,8 +160,6 @@ def main() -> None:
     args = parser.parse_args()
     from edgekit.exporters.hf_folder import stored_parameters
     from edgekit.runtime import Model
-
-    from edgekit.factcheck import paired_drop
 
     ratios = [float(r) for r in args.ratios.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
