@@ -13,7 +13,8 @@ exporters.prune.quant_aware) and exported as int4 g32 RTN. Then, in one process,
 perplexity on the evaluation text (edgekit.evaltext, 9,579 tokens), KL to the unpruned fp32 model on its
 first 2,048 tokens, greedy agreement with the unpruned fp32 model (identical tokens of 64, 4 prompts), the
 factual check (edgekit.factcheck: 198 prompts with one-word answers, exact match; the points lost against the
-unpruned package of the same format come with a 95% interval, paired over the prompts), size on disk, and decode
+unpruned package of the same format come with a 95% interval, paired over the prompts, and a second table
+counts the facts right per kind: capitals, people, ...), size on disk, and decode
 tokens/s (64 tokens after a 128-token prompt; median of 7 rounds, the packages taking turns each round, 2
 threads) and time to first token (median of 4). Speed ratios compare each package with the unpruned package of
 the same weight format and method.
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgekit.factcheck import FACTS, accuracy, paired_drop
+from edgekit.factcheck import FACTS, KINDS, accuracy, paired_drop, right_by_kind
 from edgekit.formats import GridFormat
 from harness import LoadMeter, add_out_option, cache_dir, fmt, format_table, gguf_path, logger, write_results
 
@@ -151,6 +152,11 @@ def points_lost(r: dict[str, Any]) -> str:
     return f"{100 * r['facts_lost']:.0f} ({100 * lo:.0f} to {100 * hi:.0f})"
 
 
+def kind_counts(r: dict[str, Any]) -> list[str]:
+    """`right/asked` per kind of fact for one package: where its facts go, not only how many."""
+    return [f"{right}/{asked}" for right, asked in right_by_kind([m[0] for m in r["facts_missed"]]).values()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratios", default="0.1,0.25,0.4", help="fractions of the parameters removed")
@@ -219,6 +225,9 @@ def main() -> None:
         "tok/s: decode, 64 tokens after 128, median "
         f"of {SPEED_ROUNDS} rounds, the packages in turn; vs unpruned: the unpruned package of the same weights' "
         "format and method; int4-aware recovery: distilled through int4 g32 rounding (exporters.prune.quant_aware)."),
+        "",
+        f"Facts right by kind (edgekit.factcheck.KINDS), of the {len(FACTS)} prompts:",
+        *format_table(["model", "weights", *KINDS], [[r["label"], r["format"], *kind_counts(r)] for r in results], 2),
         note])
     print(table)
     for r in results:

@@ -246,6 +246,18 @@ SUBJECTS: tuple[str, ...] = (
     "largest moon",
 )
 
+# Kinds of fact, to read where a model's facts go (benchmarks/pruning.py: pruning keeps the kinds its calibration
+# text rehearses): the first rule whose pattern the prompt matches; else "numbers" where an answer is written in
+# digits; else science, nature and everyday facts.
+KIND_RULES: tuple[tuple[str, str], ...] = (
+    ("capitals", r"^The capital of"),
+    ("chemical symbols", r"^The chemical symbol for"),
+    ("people", r"\b(written|painted|invented|discovered|developed|proposed) by\b"
+               r"|\b(author|founder|creator|composer|President|first person|first woman|King of Pop|Greek who)\b"),
+    ("places", r"\blocated in\b|\bbegan in\b"),
+)
+KINDS: tuple[str, ...] = (*(k for k, _ in KIND_RULES), "numbers", "science, nature, everyday")
+
 MAX_NEW_TOKENS = 6  # enough for any answer's first word after a leading article
 
 
@@ -284,3 +296,21 @@ def paired_drop(reference_misses: Collection[str], misses: Collection[str]) -> t
     half = 1.96 * math.sqrt((p_lost + p_gained - (p_lost - p_gained) ** 2) / m)  # never negative: p <= 1
     centre = p_lost - p_gained
     return (lost - gained) / n, centre - half, centre + half
+
+
+def kind(prompt: str, answer: str) -> str:
+    """The kind (KINDS) of the fact `prompt` -> `answer` (KIND_RULES)."""
+    for name, pattern in KIND_RULES:
+        if re.search(pattern, prompt):
+            return name
+    return KINDS[-2] if any(form.isdigit() for form in answer.split("|")) else KINDS[-1]
+
+
+def right_by_kind(misses: Collection[str]) -> dict[str, tuple[int, int]]:
+    """Facts right and facts asked, per kind (in KINDS order), given the prompts a model missed."""
+    missed, counts = set(misses), {name: [0, 0] for name in KINDS}
+    for prompt, answer in FACTS:
+        tally = counts[kind(prompt, answer)]
+        tally[0] += prompt not in missed
+        tally[1] += 1
+    return {name: (right, asked) for name, (right, asked) in counts.items()}

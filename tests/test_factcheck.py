@@ -36,3 +36,16 @@ def test_first_word_keeps_letters_of_any_script() -> None:
     assert first_word(" Brasília, the capital") == "Brasília"
     assert first_word(" Sana'a.") == "Sana"
     assert first_word(" the Pacific Ocean.") == "Pacific"
+
+
+def test_every_fact_has_one_kind_by_its_wording() -> None:
+    """Kinds follow the prompt's wording, then a numeric answer: "by which plants" is not a person's work."""
+    from edgekit.factcheck import KINDS, kind, right_by_kind
+
+    assert kind("The process by which plants make food from sunlight is called", "photosynthesis") == KINDS[-1]
+    assert kind("Hamlet was written by William", "Shakespeare") == "people"
+    assert kind("The wall that divided Berlin fell in", "1989") == "numbers"
+    assert kind("The capital of Texas is", "Austin") == "capitals"
+    counts = right_by_kind([PROMPTS[0], "The founder of Apple is Steve"])
+    assert list(counts) == list(KINDS) and sum(asked for _, asked in counts.values()) == len(FACTS)
+    assert counts["capitals"][1] - counts["capitals"][0] == 1 and counts["people"][1] - counts["people"][0] == 1
