@@ -50,10 +50,10 @@ def distill(teacher: Any, forward: Callable[[Any], Any], params: list[Any], wind
 
 
 def mean_kl(teacher: Any, student: Any, windows: np.ndarray, batch: int = 4) -> float:
-    """KL(teacher ‖ student) per position, nats, averaged over int64 `windows` [n, L]."""
+    """KL(teacher ‖ student) per position, nats, averaged over int64 `windows` [n, L], on the student's device."""
     import torch
 
-    ids = torch.from_numpy(windows)
+    ids = torch.from_numpy(windows).to(next(student.parameters()).device)
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(ids), batch):

@@ -83,3 +83,27 @@ def test_bench_on_cuda(cuda_pkg: Path) -> None:
                                        "--new-tokens", "8", "--rounds", "1", "--json"])
     assert result.exit_code == 0, result.output
     assert "CUDAExecutionProvider" in json.dumps(json.loads(result.stdout))
+
+
+@pytest.mark.skipif(not _torch_cuda(), reason="torch sees no CUDA GPU")
+def test_prune_recovery_runs_on_the_gpu(tmp_path: Path) -> None:
+    """Recovery distils on the GPU when torch sees one, lowers KL there, and leaves a folder that reloads on the
+    CPU and exports to a package equal to the pruned model."""
+    from edgekit.exporters.pipeline import export
+    from edgekit.exporters.prune import PruneRequest, load_pruned, prune
+    from edgekit.exporters.reference import TorchReference
+    from edgekit.exporters.validate import Thresholds, validate
+    from factories import tiny_hf_model
+
+    from edgekit.evaltext import default_text
+
+    src = tiny_hf_model(tmp_path / "src", num_hidden_layers=4)
+    (tmp_path / "calib.txt").write_text(default_text()[:12_000])
+    result = prune(str(src), tmp_path / "out", PruneRequest(ratio=0.03), calib=str(tmp_path / "calib.txt"),
+                   recover_steps=8)
+    recovery = result.record["recovery"]
+    assert recovery["device"] == "cuda" and recovery["kl_after"] < recovery["kl_before"]
+    assert next(load_pruned(tmp_path / "out").parameters()).device.type == "cpu"
+    export(str(tmp_path / "out"), tmp_path / "pkg")
+    report = validate(load(tmp_path / "pkg"), TorchReference(str(tmp_path / "out"), "cpu"), 16, None, Thresholds())
+    assert report.passed

@@ -109,6 +109,8 @@ def test_uniform_pruning_loads_with_plain_transformers(tmp_path: Path, src: Path
 def test_export_prune_with_recovery_then_int4(tmp_path: Path, src: Path, calib: str) -> None:
     """Straight to a package: pruned by gradient importance, recovered, quantized to int4 with GPTQ; the package
     equals PyTorch running the pruned model with the package's own dequantized weights (greedy)."""
+    import torch
+
     # A calibration file: on the default text's random-model continuations, 8 steps are too few to lower held-out KL.
     out = _cli("export", str(src), "-o", str(tmp_path / "pkg"), "--prune", "0.03", "--recover-steps", "8",
                "--weights", "int4", "--group-size", "16", "--method", "gptq", "--calib", calib)
@@ -116,6 +118,7 @@ def test_export_prune_with_recovery_then_int4(tmp_path: Path, src: Path, calib: 
     manifest = read_manifest(tmp_path / "pkg")
     pruning = manifest.data["recipe"]["pruning"]
     assert pruning["recovery"]["steps"] == 8 and pruning["recovery"]["kl_after"] < pruning["recovery"]["kl_before"]
+    assert pruning["recovery"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert "(pruned: ratio 0.03)" in manifest.data["source"]["name"]
     assert manifest.data["recipe"]["method"] == "gptq"
     assert not list(tmp_path.glob(".pkg.pruned-*"))  # the temporary folder is gone

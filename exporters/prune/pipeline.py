@@ -65,6 +65,7 @@ class PruneResult:
         if rec:
             aware = rec.get("quantization_aware")
             line += (f"; recovery {rec['steps']} steps" + (f" through {aware} rounding" if aware else "") +
+                     f" on {rec.get('device', 'cpu')}" +
                      f": KL to the unpruned model {rec['kl_before']:.3f} -> {rec['kl_after']:.3f} nats/token on "
                      f"{rec['held_out_tokens']} held-out tokens")
             if aware:
@@ -138,17 +139,29 @@ def recover(teacher: Any, student: Any, train: np.ndarray, held_out: np.ndarray,
             lr: float = RECOVERY_LR, fmt: GridFormat | None = None) -> dict[str, Any]:
     """Distil the unpruned `teacher` into the pruned `student` (every weight but the embedding) for `steps` steps
     at `lr`, with its projections rounded to `fmt` if given (quant_aware.py); KL to the teacher on `held_out`
-    windows before and after (of the rounded model, with `fmt`)."""
-    with seen_quantized(student, fmt) if fmt is not None else nullcontext():
-        before = mean_kl(teacher, student, held_out)
-        params = [p for name, p in student.named_parameters() if "embed_tokens" not in name and "lm_head" not in name]
-        student.train()
-        distill(teacher, lambda batch: student(batch).logits, params, train, steps, lr, "recovery",
-                batch=RECOVERY_BATCH, max_grad_norm=RECOVERY_MAX_GRAD_NORM)
-        student.eval()
-        after = mean_kl(teacher, student, held_out)
+    windows before and after (of the rounded model, with `fmt`). Runs on the GPU when torch sees one, as
+    --tune-steps does: recovery is the slow stage, and what it brings back grows with the text it covers
+    (benchmarks/results/pruning-experiments.md); both models are back on the CPU afterwards."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    teacher.to(device)
+    student.to(device)
+    try:
+        with seen_quantized(student, fmt) if fmt is not None else nullcontext():
+            before = mean_kl(teacher, student, held_out)
+            params = [p for name, p in student.named_parameters()
+                      if "embed_tokens" not in name and "lm_head" not in name]
+            student.train()
+            distill(teacher, lambda batch: student(batch).logits, params, train, steps, lr, "recovery",
+                    batch=RECOVERY_BATCH, max_grad_norm=RECOVERY_MAX_GRAD_NORM)
+            student.eval()
+            after = mean_kl(teacher, student, held_out)
+    finally:
+        student.to("cpu")
+        teacher.to("cpu")
     record = {"steps": steps, "learning_rate": lr, "max_grad_norm": RECOVERY_MAX_GRAD_NORM, "kl_before": before,
-              "kl_after": after, "held_out_tokens": int(held_out.size)}
+              "kl_after": after, "held_out_tokens": int(held_out.size), "device": device}
     if fmt is not None:
         record["quantization_aware"] = fmt.name
     return record
