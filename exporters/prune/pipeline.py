@@ -142,9 +142,9 @@ def recover(teacher: Any, student: Any, train: np.ndarray, held_out: np.ndarray,
     windows before and after (of the rounded model, with `fmt`). Runs on the GPU when torch sees one, as
     --tune-steps does: recovery is the slow stage, and what it brings back grows with the text it covers
     (benchmarks/results/pruning-experiments.md); both models are back on the CPU afterwards."""
-    import torch
+    from edgekit.exporters.reference import torch_device
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch_device("auto")
     teacher.to(device)
     student.to(device)
     try:

@@ -42,9 +42,10 @@ def tune_scales(teacher: Any, student: Any, quantized: dict[str, BlockQuantWeigh
     Returns the projections with their new scales and offsets (rounded back onto their stored grid) and the
     new norm weights (float32, by canonical name). `student` ends up holding both."""
     import torch
+    from edgekit.exporters.reference import torch_device
     from torch.func import functional_call
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch_device("auto")
     teacher, student = teacher.to(device).eval(), student.to(device).eval()
     student.requires_grad_(False)  # only the factors learn: no gradient for the embedding or the output layer
     paths = {id(module): path for path, module in student.named_modules()}
